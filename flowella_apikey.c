@@ -1,0 +1,665 @@
+/*-------------------------------------------------------------------------
+ *
+ * flowella_apikey.c
+ *		Module set-up, the request context (set_actor) and the hot path,
+ *		apikey_verify.
+ *
+ * apikey_verify reads flowella.api_keys through its unique prefix index
+ * directly, with no SPI and no SQL-level permission check: the verifier role
+ * holds no table privilege at all, and the cost stays that of one index
+ * probe plus the organisation's plan.  It takes the latest snapshot, so a
+ * revoke committed before the call is seen even inside an older REPEATABLE
+ * READ transaction.  It never raises for any text input: anything that does
+ * not parse as a token answers MALFORMED before a table is touched.
+ *
+ * The actor lives in backend-local memory, not in a GUC, so that no role
+ * can claim one with a plain SET: only set_actor, granted to the manager
+ * and admin roles, sets it.  It lasts until the end of the transaction and
+ * is undone by rolling back the subtransaction that set it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sys/socket.h>
+
+#include <sodium.h>
+
+#include "access/detoast.h"
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation_d.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/lockdefs.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/inet.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "flowella_apikey.h"
+#include "flowella_token.h"
+
+PG_MODULE_MAGIC;
+
+/*---- Request context ----*/
+
+/*
+ * One set_actor call.  Entries form a stack by subtransaction level so that
+ * rolling back a savepoint restores the actor that was in force before it.
+ * Entries are allocated in TopTransactionContext and vanish with it.
+ */
+typedef struct ActorState
+{
+	pg_uuid_t	user_id;
+	inet	   *client_ip;		/* NULL if not given */
+	text	   *traceparent;	/* NULL if not given */
+	int			nest_level;		/* subtransaction level that set it */
+	struct ActorState *prev;
+} ActorState;
+
+static ActorState *current_actor = NULL;
+
+/* Depth of SQL API calls in progress (see flwl_run_api). */
+static int	api_depth = 0;
+
+/*---- Verify path cache ----*/
+
+/*
+ * OIDs and column numbers the verify path needs, looked up once per backend
+ * and forgotten when any of these relations is invalidated (for example by
+ * DROP EXTENSION or an upgrade script).
+ */
+typedef struct VerifyRels
+{
+	bool		valid;
+	Oid			keys;
+	Oid			keys_prefix_idx;
+	Oid			orgs;
+	Oid			orgs_pkey;
+	Oid			plans;
+	Oid			plans_pkey;
+	AttrNumber	k_key_id;
+	AttrNumber	k_org_id;
+	AttrNumber	k_secret_hash;
+	AttrNumber	k_scopes;
+	AttrNumber	k_expires_at;
+	AttrNumber	k_revoked_at;
+	AttrNumber	o_plan;
+	AttrNumber	p_scopes;
+} VerifyRels;
+
+static VerifyRels vrels;
+
+/* Outcome codes of apikey_verify, indexes into verify_code_names. */
+typedef enum VerifyCode
+{
+	VC_VALID,
+	VC_MALFORMED,
+	VC_NOT_FOUND,
+	VC_REVOKED,
+	VC_EXPIRED,
+	VC_INSUFFICIENT_SCOPE
+} VerifyCode;
+
+static const char *const verify_code_names[] = {
+	"VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE"
+};
+
+/*---- Function declarations ----*/
+
+void		_PG_init(void);
+
+PG_FUNCTION_INFO_V1(flowella_set_actor);
+PG_FUNCTION_INFO_V1(flowella_actor_user_id);
+PG_FUNCTION_INFO_V1(flowella_actor_ip);
+PG_FUNCTION_INFO_V1(flowella_actor_traceparent);
+PG_FUNCTION_INFO_V1(flowella_change_is_restore);
+PG_FUNCTION_INFO_V1(flowella_apikey_verify);
+
+static void actor_xact_callback(XactEvent event, void *arg);
+static void actor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								   SubTransactionId parentSubid, void *arg);
+static void vrels_invalidate(Datum arg, Oid relid);
+static void vrels_load(void);
+static bool probe_unique(Relation heap, Relation index, RegProcedure eqproc,
+						 Oid collation, Datum key, Snapshot snapshot,
+						 TupleTableSlot *slot);
+static Datum verification_result(FunctionCallInfo fcinfo, VerifyCode code,
+								 Datum key_id, Datum org_id, Datum scopes,
+								 bool scopes_null, FlwlMode mode);
+
+/*
+ * Module load.  Works with or without shared_preload_libraries: nothing
+ * here needs shared memory.
+ */
+void
+_PG_init(void)
+{
+	if (sodium_init() < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
+				 errmsg("could not initialize libsodium")));
+
+	RegisterXactCallback(actor_xact_callback, NULL);
+	RegisterSubXactCallback(actor_subxact_callback, NULL);
+	CacheRegisterRelcacheCallback(vrels_invalidate, (Datum) 0);
+}
+
+/*---- Request context ----*/
+
+/* The actor is transaction-local: forget it when the transaction ends. */
+static void
+actor_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			current_actor = NULL;
+			api_depth = 0;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Rolling back a savepoint undoes the set_actor calls made inside it. */
+static void
+actor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (event != SUBXACT_EVENT_ABORT_SUB)
+		return;
+
+	while (current_actor != NULL &&
+		   current_actor->nest_level >= GetCurrentTransactionNestLevel())
+		current_actor = current_actor->prev;
+}
+
+/*
+ * set_actor(user_id uuid, client_ip inet, traceparent text)
+ *
+ * Validates everything before changing anything, so a bad call leaves the
+ * previous actor in force.
+ */
+Datum
+flowella_set_actor(PG_FUNCTION_ARGS)
+{
+	ActorState *state;
+	MemoryContext oldcxt;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid user_id"),
+				 errdetail("The acting user must not be null.")));
+
+	if (!PG_ARGISNULL(1))
+	{
+		inet	   *ip = PG_GETARG_INET_PP(1);
+
+		if (ip_bits(ip) != (ip_family(ip) == PGSQL_AF_INET ? 32 : 128))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid client_ip"),
+					 errdetail("The client address must be a single host, not a network.")));
+	}
+
+	if (!PG_ARGISNULL(2))
+	{
+		text	   *tp = PG_GETARG_TEXT_PP(2);
+		const char *problem = flwl_traceparent_problem(VARDATA_ANY(tp),
+													   VARSIZE_ANY_EXHDR(tp));
+
+		if (problem != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid traceparent"),
+					 errdetail("%s", problem)));
+	}
+
+	if (!IsTransactionBlock())
+		ereport(WARNING,
+				(errcode(ERRCODE_NO_ACTIVE_SQL_TRANSACTION),
+				 errmsg("the actor set outside a transaction block lasts only for this statement"),
+				 errhint("Call set_actor after BEGIN, in the transaction it applies to.")));
+
+	oldcxt = MemoryContextSwitchTo(TopTransactionContext);
+	state = palloc0(sizeof(ActorState));
+	memcpy(&state->user_id, PG_GETARG_UUID_P(0), sizeof(pg_uuid_t));
+	if (!PG_ARGISNULL(1))
+	{
+		inet	   *ip = PG_GETARG_INET_PP(1);
+
+		state->client_ip = palloc(VARSIZE_ANY(ip));
+		memcpy(state->client_ip, ip, VARSIZE_ANY(ip));
+	}
+	if (!PG_ARGISNULL(2))
+		state->traceparent = PG_GETARG_TEXT_P_COPY(2);
+	state->nest_level = GetCurrentTransactionNestLevel();
+	state->prev = current_actor;
+	MemoryContextSwitchTo(oldcxt);
+
+	current_actor = state;
+	PG_RETURN_VOID();
+}
+
+const pg_uuid_t *
+flwl_actor_user(void)
+{
+	return current_actor ? &current_actor->user_id : NULL;
+}
+
+const pg_uuid_t *
+flwl_require_actor(void)
+{
+	if (current_actor == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("no actor is set for this transaction"),
+				 errhint("Call flowella.set_actor at the start of the transaction.")));
+	return &current_actor->user_id;
+}
+
+Datum
+flowella_actor_user_id(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *result;
+
+	if (current_actor == NULL)
+		PG_RETURN_NULL();
+	result = palloc(sizeof(pg_uuid_t));
+	memcpy(result, &current_actor->user_id, sizeof(pg_uuid_t));
+	PG_RETURN_UUID_P(result);
+}
+
+Datum
+flowella_actor_ip(PG_FUNCTION_ARGS)
+{
+	if (current_actor == NULL || current_actor->client_ip == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_INET_P(current_actor->client_ip);
+}
+
+Datum
+flowella_actor_traceparent(PG_FUNCTION_ARGS)
+{
+	if (current_actor == NULL || current_actor->traceparent == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(current_actor->traceparent);
+}
+
+/*
+ * Whether a row being inserted comes from a restore or bulk load rather than
+ * from the API: no API call is running, no actor is set, and the role doing
+ * it is a superuser.  Such rows keep the values they carry and are not
+ * audited again (their audit records are restored with them).
+ */
+Datum
+flowella_change_is_restore(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(api_depth == 0 && current_actor == NULL &&
+				   superuser_arg(GetOuterUserId()));
+}
+
+Datum
+flwl_run_api(FunctionCallInfo fcinfo, PGFunction body)
+{
+	Datum		result;
+
+	api_depth++;
+	PG_TRY();
+	{
+		result = body(fcinfo);
+	}
+	PG_FINALLY();
+	{
+		api_depth--;
+	}
+	PG_END_TRY();
+	return result;
+}
+
+char *
+flwl_quotable(const char *s, size_t len)
+{
+	char	   *out;
+	size_t		n;
+
+	if (len > 200)
+		len = 200;				/* messages quote names, not documents */
+	out = palloc(FLWL_REDACT_MAX(len) + 1);
+	n = flwl_redact(s, len, out);
+	out[n] = '\0';
+	return out;
+}
+
+/*---- Verify path ----*/
+
+static void
+vrels_invalidate(Datum arg, Oid relid)
+{
+	if (!vrels.valid)
+		return;
+	if (relid == InvalidOid || relid == vrels.keys ||
+		relid == vrels.keys_prefix_idx || relid == vrels.orgs ||
+		relid == vrels.orgs_pkey || relid == vrels.plans ||
+		relid == vrels.plans_pkey)
+		vrels.valid = false;
+}
+
+static Oid
+vrels_relid(Oid nsp, const char *name)
+{
+	Oid			relid = get_relname_relid(name, nsp);
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "flowella_apikey relation \"%s\" is missing", name);
+	return relid;
+}
+
+static AttrNumber
+vrels_attnum(Oid relid, const char *name)
+{
+	AttrNumber	attnum = get_attnum(relid, name);
+
+	if (attnum == InvalidAttrNumber)
+		elog(ERROR, "flowella_apikey column \"%s\" is missing", name);
+	return attnum;
+}
+
+/*
+ * Look the relations up by name in schema flowella.  The schema name is
+ * fixed (the extension is not relocatable) and the install script refuses a
+ * schema planted by another role, so the names cannot be hijacked.
+ */
+static void
+vrels_load(void)
+{
+	VerifyRels	r;
+	Oid			nsp = get_namespace_oid("flowella", false);
+
+	r.keys = vrels_relid(nsp, "api_keys");
+	r.keys_prefix_idx = vrels_relid(nsp, "api_keys_prefix_key");
+	r.orgs = vrels_relid(nsp, "orgs");
+	r.orgs_pkey = vrels_relid(nsp, "orgs_pkey");
+	r.plans = vrels_relid(nsp, "plans");
+	r.plans_pkey = vrels_relid(nsp, "plans_pkey");
+	r.k_key_id = vrels_attnum(r.keys, "key_id");
+	r.k_org_id = vrels_attnum(r.keys, "org_id");
+	r.k_secret_hash = vrels_attnum(r.keys, "secret_hash");
+	r.k_scopes = vrels_attnum(r.keys, "scopes");
+	r.k_expires_at = vrels_attnum(r.keys, "expires_at");
+	r.k_revoked_at = vrels_attnum(r.keys, "revoked_at");
+	r.o_plan = vrels_attnum(r.orgs, "plan");
+	r.p_scopes = vrels_attnum(r.plans, "scopes");
+	r.valid = true;
+	vrels = r;
+}
+
+/*
+ * Fetch the one row whose unique index key equals key into slot.  Returns
+ * false when there is none visible to snapshot.
+ */
+static bool
+probe_unique(Relation heap, Relation index, RegProcedure eqproc, Oid collation,
+			 Datum key, Snapshot snapshot, TupleTableSlot *slot)
+{
+	ScanKeyData skey;
+	IndexScanDesc scan;
+	bool		found;
+
+	ScanKeyEntryInitialize(&skey, 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   collation, eqproc, key);
+	scan = index_beginscan(heap, index, snapshot, 1, 0);
+	index_rescan(scan, &skey, 1, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	return found;
+}
+
+/* Whether a text[] holds scope. */
+bool
+flwl_scopes_contain(Datum scopes, text *scope)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(scopes);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	size_t		len = VARSIZE_ANY_EXHDR(scope);
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		text	   *e = DatumGetTextPP(elems[i]);
+
+		if (!nulls[i] && VARSIZE_ANY_EXHDR(e) == len &&
+			memcmp(VARDATA_ANY(e), VARDATA_ANY(scope), len) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * The scopes a key may use now: its own (or, when NULL, all of its plan's)
+ * that its organisation's plan still offers.
+ */
+Datum
+flwl_effective_scopes(Datum key_scopes, bool key_scopes_null, Datum plan_scopes)
+{
+	ArrayType  *arr;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			kept = 0;
+
+	if (key_scopes_null)
+		return plan_scopes;
+
+	arr = DatumGetArrayTypeP(key_scopes);
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i] && flwl_scopes_contain(plan_scopes, DatumGetTextPP(elems[i])))
+			elems[kept++] = elems[i];
+
+	return PointerGetDatum(construct_array(elems, kept, TEXTOID, -1, false,
+										   TYPALIGN_INT));
+}
+
+/*
+ * Build the flowella.verification row.  The tuple descriptor is looked up
+ * once per call site and kept in fn_extra.
+ */
+static Datum
+verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
+					Datum org_id, Datum scopes, bool scopes_null, FlwlMode mode)
+{
+	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
+	Datum		values[6];
+	bool		nulls[6];
+	bool		known = (key_id != (Datum) 0);
+
+	if (tupdesc == NULL)
+	{
+		MemoryContext oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		fcinfo->flinfo->fn_extra = tupdesc;
+		MemoryContextSwitchTo(oldcxt);
+	}
+
+	values[0] = BoolGetDatum(code == VC_VALID);
+	nulls[0] = false;
+	values[1] = CStringGetTextDatum(verify_code_names[code]);
+	nulls[1] = false;
+	values[2] = key_id;
+	nulls[2] = !known;
+	values[3] = org_id;
+	nulls[3] = !known;
+	values[4] = scopes;
+	nulls[4] = scopes_null;
+	values[5] = known ? CStringGetTextDatum(flwl_mode_name(mode)) : (Datum) 0;
+	nulls[5] = !known;
+
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}
+
+/*
+ * apikey_verify(token text, required_scope text) returns flowella.verification
+ *
+ * Order of checks: shape and checksum (MALFORMED, no table access), key by
+ * prefix and constant-time hash compare (NOT_FOUND either way, so a guess
+ * learns nothing), revoked, expired, then scope.  key_id, org_id and mode
+ * are returned once the hash matched; scopes only for VALID and
+ * INSUFFICIENT_SCOPE.
+ */
+Datum
+flowella_apikey_verify(PG_FUNCTION_ARGS)
+{
+	text	   *token;
+	const char *tok;
+	size_t		len;
+	FlwlMode	mode;
+	unsigned char hash[FLWL_HASH_LEN];
+	Snapshot	snapshot;
+	Relation	keys,
+				keys_idx;
+	TupleTableSlot *slot;
+	VerifyCode	code;
+	Datum		key_id = (Datum) 0;
+	Datum		org_id = (Datum) 0;
+	Datum		scopes = (Datum) 0;
+	bool		scopes_null = true;
+	Datum		d;
+	bool		isnull;
+
+	if (PG_ARGISNULL(0))
+		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
+
+	/* Anything longer than a token is malformed: do not even detoast it. */
+	if (toast_raw_datum_size(PG_GETARG_DATUM(0)) != VARHDRSZ + FLWL_TOKEN_LEN)
+		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
+
+	token = PG_GETARG_TEXT_PP(0);
+	tok = VARDATA_ANY(token);
+	len = VARSIZE_ANY_EXHDR(token);
+	mode = flwl_token_parse(tok, len);
+	if (mode == FLWL_MODE_INVALID)
+		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
+
+	flwl_token_hash(tok, len, hash);
+
+	if (!vrels.valid)
+		vrels_load();
+
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	keys = table_open(vrels.keys, AccessShareLock);
+	keys_idx = index_open(vrels.keys_prefix_idx, AccessShareLock);
+	slot = table_slot_create(keys, NULL);
+
+	if (!probe_unique(keys, keys_idx, F_TEXTEQ, C_COLLATION_OID,
+					  PointerGetDatum(cstring_to_text_with_len(tok, FLWL_PREFIX_LEN)),
+					  snapshot, slot))
+		code = VC_NOT_FOUND;
+	else
+	{
+		bytea	   *stored;
+
+		d = slot_getattr(slot, vrels.k_secret_hash, &isnull);
+		stored = isnull ? NULL : DatumGetByteaPP(d);
+		if (stored == NULL || VARSIZE_ANY_EXHDR(stored) != FLWL_HASH_LEN ||
+			sodium_memcmp(VARDATA_ANY(stored), hash, FLWL_HASH_LEN) != 0)
+			code = VC_NOT_FOUND;
+		else
+		{
+			key_id = datumCopy(slot_getattr(slot, vrels.k_key_id, &isnull), false, UUID_LEN);
+			org_id = datumCopy(slot_getattr(slot, vrels.k_org_id, &isnull), false, UUID_LEN);
+
+			slot_getattr(slot, vrels.k_revoked_at, &isnull);
+			if (!isnull)
+				code = VC_REVOKED;
+			else
+			{
+				d = slot_getattr(slot, vrels.k_expires_at, &isnull);
+				if (!isnull && DatumGetTimestampTz(d) <= GetCurrentTimestamp())
+					code = VC_EXPIRED;
+				else
+					code = VC_VALID;
+			}
+
+			if (code == VC_VALID)
+			{
+				Relation	rel,
+							idx;
+				TupleTableSlot *pslot;
+				Datum		key_scopes;
+				bool		key_scopes_null;
+
+				key_scopes = slot_getattr(slot, vrels.k_scopes, &key_scopes_null);
+				if (!key_scopes_null)
+					key_scopes = PointerGetDatum(PG_DETOAST_DATUM_COPY(key_scopes));
+
+				/* organisation -> plan name */
+				rel = table_open(vrels.orgs, AccessShareLock);
+				idx = index_open(vrels.orgs_pkey, AccessShareLock);
+				pslot = table_slot_create(rel, NULL);
+				if (!probe_unique(rel, idx, F_UUID_EQ, InvalidOid, org_id,
+								  snapshot, pslot))
+					elog(ERROR, "organisation of API key not found");
+				d = PointerGetDatum(PG_DETOAST_DATUM_COPY(slot_getattr(pslot, vrels.o_plan, &isnull)));
+				ExecDropSingleTupleTableSlot(pslot);
+				index_close(idx, AccessShareLock);
+				table_close(rel, AccessShareLock);
+
+				/* plan name -> plan scopes */
+				rel = table_open(vrels.plans, AccessShareLock);
+				idx = index_open(vrels.plans_pkey, AccessShareLock);
+				pslot = table_slot_create(rel, NULL);
+				if (!probe_unique(rel, idx, F_TEXTEQ, C_COLLATION_OID, d,
+								  snapshot, pslot))
+					elog(ERROR, "plan of API key not found");
+				scopes = flwl_effective_scopes(key_scopes, key_scopes_null,
+										  PointerGetDatum(PG_DETOAST_DATUM_COPY(slot_getattr(pslot, vrels.p_scopes, &isnull))));
+				scopes_null = false;
+				ExecDropSingleTupleTableSlot(pslot);
+				index_close(idx, AccessShareLock);
+				table_close(rel, AccessShareLock);
+
+				if (!PG_ARGISNULL(1) &&
+					!flwl_scopes_contain(scopes, PG_GETARG_TEXT_PP(1)))
+					code = VC_INSUFFICIENT_SCOPE;
+			}
+		}
+	}
+
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(keys_idx, AccessShareLock);
+	table_close(keys, AccessShareLock);
+	UnregisterSnapshot(snapshot);
+	sodium_memzero(hash, sizeof(hash));
+
+	/* a detoasted copy of the token is ours to wipe */
+	if ((Pointer) token != DatumGetPointer(PG_GETARG_DATUM(0)))
+		sodium_memzero(token, VARSIZE_ANY(token));
+
+	return verification_result(fcinfo, code, key_id, org_id, scopes,
+							   scopes_null, mode);
+}

@@ -1,0 +1,40 @@
+/*-------------------------------------------------------------------------
+ *
+ * flowella_apikey.h
+ *		What the C files of flowella_apikey share: the request context set
+ *		by set_actor and the marker of an API call in progress.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef FLOWELLA_APIKEY_H
+#define FLOWELLA_APIKEY_H
+
+#include "fmgr.h"
+#include "utils/uuid.h"
+
+/* The acting user of the current transaction, or NULL when none is set. */
+extern const pg_uuid_t *flwl_actor_user(void);
+
+/*
+ * Run an SQL API function's body with the "inside the API" marker raised,
+ * so that triggers can tell an API change from a restore.
+ */
+extern Datum flwl_run_api(FunctionCallInfo fcinfo, PGFunction body);
+
+/* Report 42501 unless an actor is set; returns it. */
+extern const pg_uuid_t *flwl_require_actor(void);
+
+/* A copy of s fit to quote in a message: token-shaped runs redacted. */
+extern char *flwl_quotable(const char *s, size_t len);
+
+/* Whether a text[] holds scope. */
+extern bool flwl_scopes_contain(Datum scopes, text *scope);
+
+/*
+ * The scopes a key may use now: its own (all of the plan's when NULL) that
+ * the plan still offers.
+ */
+extern Datum flwl_effective_scopes(Datum key_scopes, bool key_scopes_null,
+								   Datum plan_scopes);
+
+#endif							/* FLOWELLA_APIKEY_H */

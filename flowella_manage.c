@@ -1,0 +1,1013 @@
+/*-------------------------------------------------------------------------
+ *
+ * flowella_manage.c
+ *		The management and provisioning API: apikey_create, apikey_replace,
+ *		apikey_revoke, apikey_set_scopes, apikey_list, org_create,
+ *		member_set, member_remove and plan_set.
+ *
+ * These functions are SECURITY DEFINER: their callers hold no write
+ * privilege on any table.  So each one checks the actor itself, before any
+ * change, through a saved SPI plan that joins the actor's membership:
+ *
+ *	- a call naming an org fails with 42501 unless the actor is its owner or
+ *	  admin (the same for an org that does not exist);
+ *	- a call naming a key fails with 42704 unless the key exists and the
+ *	  actor manages its org, so callers learn nothing about other orgs.
+ *
+ * The row locks taken by those checks (FOR SHARE on the membership, FOR
+ * UPDATE on the key) keep a concurrent demotion or revoke from slipping
+ * between the check and the change.  Audit records are written by triggers
+ * on the tables, in the same transaction.
+ *
+ * A new token exists in this file only in a stack buffer, wiped before
+ * return, and in the result row handed to the executor.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sodium.h>
+
+#include "catalog/pg_type_d.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/uuid.h"
+
+#include "flowella_apikey.h"
+#include "flowella_token.h"
+
+/* Number of active keys above which creating one more draws a NOTICE. */
+#define KEYS_NOTICE_THRESHOLD	50
+
+/* How many offending names an error message lists before "and N more". */
+#define MESSAGE_MAX_NAMES		10
+
+/*---- Saved queries ----*/
+
+/*
+ * A query prepared on first use and kept for the life of the backend.  The
+ * plan cache re-plans it by itself if the tables change under it.
+ */
+typedef struct ApiQuery
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[10];
+	SPIPlanPtr	plan;
+} ApiQuery;
+
+/* $1 org, $2 actor: the actor's managing role in the org, and the plan */
+static ApiQuery q_org_access = {
+	"SELECT o.plan, p.scopes"
+	"  FROM flowella.members m"
+	"  JOIN flowella.orgs o ON o.org_id = m.org_id"
+	"  JOIN flowella.plans p ON p.plan = o.plan"
+	" WHERE m.org_id = $1 AND m.user_id = $2"
+	"   AND m.role = ANY (ARRAY['owner', 'admin'])"
+	"   FOR SHARE OF m",
+	2, {UUIDOID, UUIDOID}
+};
+
+/* $1 key, $2 actor: the key, if the actor manages its org; locked */
+static ApiQuery q_key_access = {
+	"SELECT k.org_id, k.revoked_at, k.scopes, k.label, k.mode,"
+	"       k.expires_at - k.created_at, o.plan, p.scopes"
+	"  FROM flowella.api_keys k"
+	"  JOIN flowella.members m ON m.org_id = k.org_id AND m.user_id = $2"
+	"   AND m.role = ANY (ARRAY['owner', 'admin'])"
+	"  JOIN flowella.orgs o ON o.org_id = k.org_id"
+	"  JOIN flowella.plans p ON p.plan = o.plan"
+	" WHERE k.key_id = $1"
+	"   FOR UPDATE OF k FOR SHARE OF m",
+	2, {UUIDOID, UUIDOID}
+};
+
+static ApiQuery q_count_active = {
+	"SELECT count(*) FROM flowella.api_keys"
+	" WHERE org_id = $1 AND revoked_at IS NULL"
+	"   AND (expires_at IS NULL OR expires_at > $2)",
+	2, {UUIDOID, TIMESTAMPTZOID}
+};
+
+/* A (vanishingly rare) prefix or hash collision inserts nothing: retry. */
+static ApiQuery q_insert_key = {
+	"INSERT INTO flowella.api_keys"
+	" (org_id, label, prefix, secret_hash, scopes, mode, created_at,"
+	"  created_by, expires_at, replaces_key_id)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9 + $7, $10)"
+	" ON CONFLICT DO NOTHING RETURNING key_id",
+	10, {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTARRAYOID, TEXTOID,
+	TIMESTAMPTZOID, UUIDOID, INTERVALOID, UUIDOID}
+};
+
+static ApiQuery q_revoke = {
+	"UPDATE flowella.api_keys SET revoked_at = $3, revoked_by = $2"
+	" WHERE key_id = $1",
+	3, {UUIDOID, UUIDOID, TIMESTAMPTZOID}
+};
+
+static ApiQuery q_set_scopes = {
+	"UPDATE flowella.api_keys SET scopes = $2"
+	" WHERE key_id = $1 AND scopes IS DISTINCT FROM $2",
+	2, {UUIDOID, TEXTARRAYOID}
+};
+
+static ApiQuery q_list = {
+	"SELECT key_id, label, prefix, scopes, mode, created_at, created_by,"
+	"       last_used_at, expires_at, revoked_at, revoked_by,"
+	"       CASE WHEN revoked_at IS NOT NULL THEN 'revoked'"
+	"            WHEN expires_at <= $2 THEN 'expired'"
+	"            ELSE 'active' END"
+	"  FROM flowella.api_keys WHERE org_id = $1"
+	" ORDER BY created_at DESC, key_id DESC",
+	2, {UUIDOID, TIMESTAMPTZOID}
+};
+
+static ApiQuery q_plan_exists = {
+	"SELECT 1 FROM flowella.plans WHERE plan = $1",
+	1, {TEXTOID}
+};
+
+static ApiQuery q_org_insert = {
+	"INSERT INTO flowella.orgs (name, plan) VALUES ($1, $2) RETURNING org_id",
+	2, {TEXTOID, TEXTOID}
+};
+
+/* Member changes of one org are serialized on its row. */
+static ApiQuery q_org_lock = {
+	"SELECT 1 FROM flowella.orgs WHERE org_id = $1 FOR NO KEY UPDATE",
+	1, {UUIDOID}
+};
+
+static ApiQuery q_member_role = {
+	"SELECT role,"
+	"       (SELECT count(*) FROM flowella.members o"
+	"         WHERE o.org_id = $1 AND o.role = 'owner')"
+	"  FROM flowella.members WHERE org_id = $1 AND user_id = $2",
+	2, {UUIDOID, UUIDOID}
+};
+
+static ApiQuery q_member_upsert = {
+	"INSERT INTO flowella.members AS m (org_id, user_id, role)"
+	" VALUES ($1, $2, $3)"
+	" ON CONFLICT (org_id, user_id) DO UPDATE"
+	"   SET role = excluded.role, updated_at = now()"
+	" WHERE m.role IS DISTINCT FROM excluded.role",
+	3, {UUIDOID, UUIDOID, TEXTOID}
+};
+
+static ApiQuery q_member_delete = {
+	"DELETE FROM flowella.members WHERE org_id = $1 AND user_id = $2",
+	2, {UUIDOID, UUIDOID}
+};
+
+static ApiQuery q_plan_upsert = {
+	"INSERT INTO flowella.plans AS p (plan, scopes, audit_log)"
+	" VALUES ($1, $2, $3)"
+	" ON CONFLICT (plan) DO UPDATE"
+	"   SET scopes = excluded.scopes, audit_log = excluded.audit_log,"
+	"       updated_at = now()",
+	3, {TEXTOID, TEXTARRAYOID, BOOLOID}
+};
+
+/*---- Function declarations ----*/
+
+PG_FUNCTION_INFO_V1(flowella_apikey_create);
+PG_FUNCTION_INFO_V1(flowella_apikey_replace);
+PG_FUNCTION_INFO_V1(flowella_apikey_revoke);
+PG_FUNCTION_INFO_V1(flowella_apikey_set_scopes);
+PG_FUNCTION_INFO_V1(flowella_apikey_list);
+PG_FUNCTION_INFO_V1(flowella_org_create);
+PG_FUNCTION_INFO_V1(flowella_member_set);
+PG_FUNCTION_INFO_V1(flowella_member_remove);
+PG_FUNCTION_INFO_V1(flowella_plan_set);
+
+/*---- SPI helpers ----*/
+
+/* Run a saved query; returns the SPI result code, >= 0. */
+static int
+api_exec(ApiQuery *q, Datum *values, const char *nulls, bool read_only,
+		 long count)
+{
+	int			rc;
+
+	if (q->plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(q->sql, q->nargs, q->argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "SPI_keepplan failed");
+		q->plan = plan;
+	}
+
+	rc = SPI_execute_plan(q->plan, values, nulls, read_only, count);
+	if (rc < 0)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	return rc;
+}
+
+/* Column n (1-based) of result row 0, or (Datum) 0 with *isnull set. */
+static Datum
+result_value(int n, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, n, isnull);
+}
+
+/*
+ * Set up a materialized result set for an SRF returning a table; returns
+ * the tuplestore, and the descriptor through *tupdesc.
+ */
+static Tuplestorestate *
+materialized_result(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext oldcxt;
+	Tuplestorestate *store;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+
+	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	*tupdesc = CreateTupleDescCopy(*tupdesc);
+	store = tuplestore_begin_heap(false, false, work_mem);
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = store;
+	rsinfo->setDesc = *tupdesc;
+	MemoryContextSwitchTo(oldcxt);
+	return store;
+}
+
+/*---- Validation ----*/
+
+static void
+invalid_argument(const char *field, const char *detail_text)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid %s", field),
+			 errdetail("%s", detail_text)));
+}
+
+/* Report 22023 for a NULL argument. */
+static void
+require_arg(FunctionCallInfo fcinfo, int argno, const char *field)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid %s", field),
+				 errdetail("The %s must not be null.", field)));
+}
+
+/* Labels and organisation names: see flwl_label_problem. */
+static void
+check_label(FunctionCallInfo fcinfo, int argno, const char *field)
+{
+	text	   *t;
+	char	   *utf8;
+	const char *problem;
+
+	require_arg(fcinfo, argno, field);
+	t = PG_GETARG_TEXT_PP(argno);
+	utf8 = pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
+	problem = flwl_label_problem(utf8, (utf8 == VARDATA_ANY(t)) ?
+								 VARSIZE_ANY_EXHDR(t) : strlen(utf8));
+	if (problem != NULL)
+		invalid_argument(field, problem);
+}
+
+static FlwlMode
+check_mode(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *t;
+	FlwlMode	mode;
+
+	require_arg(fcinfo, argno, "mode");
+	t = PG_GETARG_TEXT_PP(argno);
+	mode = flwl_mode_from_name(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+	if (mode == FLWL_MODE_INVALID)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid mode"),
+				 errdetail("Mode \"%s\" is unknown; a key's mode is \"live\" or \"test\".",
+						   flwl_quotable(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))));
+	return mode;
+}
+
+static int
+text_datum_cmp(const void *a, const void *b)
+{
+	text	   *x = DatumGetTextPP(*(const Datum *) a);
+	text	   *y = DatumGetTextPP(*(const Datum *) b);
+	size_t		lx = VARSIZE_ANY_EXHDR(x);
+	size_t		ly = VARSIZE_ANY_EXHDR(y);
+	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
+
+	return c != 0 ? c : (lx > ly) - (lx < ly);
+}
+
+/*
+ * Deconstruct a scope array argument: one-dimensional, no NULLs, and sorted
+ * and deduplicated (byte order) so stored sets compare equal.  An empty
+ * array is refused unless allow_empty.
+ */
+static Datum *
+scope_elements(ArrayType *arr, bool allow_empty, int *count)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			kept = 0;
+
+	if (ARR_NDIM(arr) == 0 && !allow_empty)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid scopes"),
+				 errdetail("The scope list is empty."),
+				 errhint("Pass NULL to give the key all of its plan's scopes.")));
+	if (ARR_NDIM(arr) > 1)
+		invalid_argument("scopes", "The scope list must be one-dimensional.");
+
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (nulls[i])
+			invalid_argument("scopes", "Scope names must not be null.");
+
+	if (n > 1)
+		qsort(elems, n, sizeof(Datum), text_datum_cmp);
+	for (int i = 0; i < n; i++)
+		if (kept == 0 || text_datum_cmp(&elems[kept - 1], &elems[i]) != 0)
+			elems[kept++] = elems[i];
+
+	*count = kept;
+	return elems;
+}
+
+static Datum
+scope_array(Datum *elems, int n)
+{
+	return PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false,
+										   TYPALIGN_INT));
+}
+
+/* Append a quoted name to a list being built for a message. */
+static void
+append_name(StringInfo buf, int *listed, text *name)
+{
+	if (*listed < MESSAGE_MAX_NAMES)
+		appendStringInfo(buf, "%s\"%s\"", *listed > 0 ? ", " : "",
+						 flwl_quotable(VARDATA_ANY(name), VARSIZE_ANY_EXHDR(name)));
+	(*listed)++;
+}
+
+static void
+finish_name_list(StringInfo buf, int listed)
+{
+	if (listed > MESSAGE_MAX_NAMES)
+		appendStringInfo(buf, " and %d more", listed - MESSAGE_MAX_NAMES);
+}
+
+/*
+ * A key's requested scopes, checked against its plan.  Returns the sorted
+ * set to store.
+ */
+static Datum
+check_key_scopes(ArrayType *arr, Datum plan_scopes, const char *plan)
+{
+	int			n;
+	Datum	   *elems = scope_elements(arr, false, &n);
+	StringInfoData missing;
+	int			listed = 0;
+
+	initStringInfo(&missing);
+	for (int i = 0; i < n; i++)
+		if (!flwl_scopes_contain(plan_scopes, DatumGetTextPP(elems[i])))
+			append_name(&missing, &listed, DatumGetTextPP(elems[i]));
+
+	if (listed > 0)
+	{
+		finish_name_list(&missing, listed);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid scopes"),
+				 errdetail("Plan \"%s\" does not offer %s %s.", plan,
+						   listed == 1 ? "scope" : "scopes", missing.data)));
+	}
+	return scope_array(elems, n);
+}
+
+/* 22023 unless the timestamp argument is NULL or after now. */
+static void
+check_expiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
+{
+	if (!PG_ARGISNULL(argno) && PG_GETARG_TIMESTAMPTZ(argno) <= now)
+		invalid_argument("expires_at", "The expiry time must be in the future.");
+}
+
+/*---- Access checks ----*/
+
+/*
+ * 42501 unless the actor is owner or admin of the org in argument argno
+ * (a NULL org is one that does not exist).  Leaves the org's plan
+ * name and scopes in SPI_tuptable row 0 (columns 1 and 2).
+ */
+static void
+require_org_access(FunctionCallInfo fcinfo, int argno)
+{
+	Datum		args[2];
+
+	args[1] = UUIDPGetDatum(unconstify(pg_uuid_t *, flwl_require_actor()));
+	if (!PG_ARGISNULL(argno))
+		args[0] = PG_GETARG_DATUM(argno);
+	if (PG_ARGISNULL(argno) ||
+		api_exec(&q_org_access, args, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to manage API keys of this organisation"),
+				 errdetail("Only owners and admins of an organisation may manage its API keys.")));
+}
+
+/*
+ * 42704 unless the key in argument argno exists and the actor manages its org; the key row is
+ * then locked and its columns are in SPI_tuptable row 0 (see q_key_access).
+ */
+static void
+require_key_access(FunctionCallInfo fcinfo, int argno)
+{
+	Datum		args[2];
+
+	args[1] = UUIDPGetDatum(unconstify(pg_uuid_t *, flwl_require_actor()));
+	if (!PG_ARGISNULL(argno))
+		args[0] = PG_GETARG_DATUM(argno);
+	if (PG_ARGISNULL(argno) ||
+		api_exec(&q_key_access, args, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("API key not found"),
+				 errdetail("No key with this id exists, or the acting user may not manage it.")));
+}
+
+/*---- Key creation ----*/
+
+/*
+ * Mint a key and add it to the result store.  scopes is the set to store
+ * (already checked) or NULL; lifetime, when not NULL, is the interval from
+ * creation to expiry.  Caller is connected to SPI.
+ */
+static void
+create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
+		   Datum label, Datum scopes, bool scopes_null, FlwlMode mode,
+		   Datum lifetime, bool lifetime_null, Datum replaces,
+		   bool replaces_null, TimestampTz now)
+{
+	char		token[FLWL_TOKEN_LEN];
+	unsigned char hash[FLWL_HASH_LEN];
+	bytea	   *hash_datum = palloc(VARHDRSZ + FLWL_HASH_LEN);
+	Datum		args[10];
+	char		nulls[10];
+	Datum		key_id = (Datum) 0;
+	int64		active;
+	bool		isnull;
+
+	args[0] = org_id;
+	args[1] = TimestampTzGetDatum(now);
+	api_exec(&q_count_active, args, NULL, true, 1);
+	active = DatumGetInt64(result_value(1, &isnull));
+
+	PG_TRY();
+	{
+		for (int attempt = 0; attempt < 5 && key_id == (Datum) 0; attempt++)
+		{
+			flwl_token_generate(mode, token);
+			flwl_token_hash(token, FLWL_TOKEN_LEN, hash);
+			SET_VARSIZE(hash_datum, VARHDRSZ + FLWL_HASH_LEN);
+			memcpy(VARDATA(hash_datum), hash, FLWL_HASH_LEN);
+
+			memset(nulls, ' ', sizeof(nulls));
+			args[0] = org_id;
+			args[1] = label;
+			args[2] = PointerGetDatum(cstring_to_text_with_len(token, FLWL_PREFIX_LEN));
+			args[3] = PointerGetDatum(hash_datum);
+			args[4] = scopes;
+			nulls[4] = scopes_null ? 'n' : ' ';
+			args[5] = CStringGetTextDatum(flwl_mode_name(mode));
+			args[6] = TimestampTzGetDatum(now);
+			args[7] = UUIDPGetDatum(unconstify(pg_uuid_t *, flwl_require_actor()));
+			args[8] = lifetime;
+			nulls[8] = lifetime_null ? 'n' : ' ';
+			args[9] = replaces;
+			nulls[9] = replaces_null ? 'n' : ' ';
+
+			if (api_exec(&q_insert_key, args, nulls, false, 0) == SPI_OK_INSERT_RETURNING &&
+				SPI_processed == 1)
+				key_id = result_value(1, &isnull);
+		}
+		if (key_id == (Datum) 0)
+			elog(ERROR, "could not find an unused key prefix");
+
+		{
+			Datum		values[3];
+			bool		rnulls[3] = {false, false, false};
+			text	   *token_text = cstring_to_text_with_len(token, FLWL_TOKEN_LEN);
+
+			values[0] = key_id;
+			values[1] = PointerGetDatum(token_text);
+			values[2] = PointerGetDatum(cstring_to_text_with_len(token, FLWL_PREFIX_LEN));
+			tuplestore_putvalues(store, tupdesc, values, rnulls);
+			sodium_memzero(token_text, VARSIZE(token_text));
+		}
+	}
+	PG_FINALLY();
+	{
+		sodium_memzero(token, sizeof(token));
+		sodium_memzero(hash, sizeof(hash));
+	}
+	PG_END_TRY();
+
+	if (active + 1 > KEYS_NOTICE_THRESHOLD)
+		ereport(NOTICE,
+				(errmsg("organisation now has " INT64_FORMAT " active API keys", active + 1),
+				 errhint("Use one key per integration rather than one per developer: many active keys make rotation and review hard.")));
+}
+
+/*
+ * apikey_create(org_id uuid, label text, scopes text[], mode text,
+ *				 expires_at timestamptz) returns table (key_id, token, prefix)
+ */
+static Datum
+apikey_create_body(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Tuplestorestate *store = materialized_result(fcinfo, &tupdesc);
+	TimestampTz now = GetCurrentTimestamp();
+	FlwlMode	mode;
+	Datum		scopes = (Datum) 0;
+	Datum		lifetime = (Datum) 0;
+	char	   *plan;
+	bool		isnull;
+
+	SPI_connect();
+	require_org_access(fcinfo, 0);
+
+	check_label(fcinfo, 1, "label");
+	mode = check_mode(fcinfo, 3);
+	check_expiry(fcinfo, 4, now);
+
+	plan = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (!PG_ARGISNULL(2))
+		scopes = check_key_scopes(PG_GETARG_ARRAYTYPE_P(2),
+								  result_value(2, &isnull), plan);
+
+	if (!PG_ARGISNULL(4))
+		lifetime = DirectFunctionCall2(timestamp_mi,
+									   PG_GETARG_DATUM(4),
+									   TimestampTzGetDatum(now));
+
+	create_key(store, tupdesc, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1),
+			   scopes, PG_ARGISNULL(2), mode, lifetime, PG_ARGISNULL(4),
+			   (Datum) 0, true, now);
+
+	SPI_finish();
+	return (Datum) 0;
+}
+
+Datum
+flowella_apikey_create(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, apikey_create_body);
+}
+
+/*
+ * apikey_replace(old_key_id uuid) returns table (key_id, token, prefix)
+ *
+ * The new key takes the old one's org, label, mode and scopes (those its
+ * plan still offers) and, if the old key had an expiry, the same lifetime
+ * counted from now.  The old key is left as it is, revoked or not: rotation
+ * is replace, roll out, revoke.
+ */
+static Datum
+apikey_replace_body(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Tuplestorestate *store = materialized_result(fcinfo, &tupdesc);
+	TimestampTz now = GetCurrentTimestamp();
+	Datum		org_id,
+				label,
+				scopes,
+				mode,
+				lifetime;
+	bool		scopes_null,
+				lifetime_null,
+				isnull;
+	text	   *mode_text;
+
+	SPI_connect();
+	require_key_access(fcinfo, 0);
+
+	org_id = result_value(1, &isnull);
+	scopes = result_value(3, &scopes_null);
+	label = result_value(4, &isnull);
+	mode = result_value(5, &isnull);
+	lifetime = result_value(6, &lifetime_null);
+
+	/* a plan downgrade may have taken some of the old key's scopes away */
+	if (!scopes_null)
+	{
+		scopes = flwl_effective_scopes(scopes, false, result_value(8, &isnull));
+		if (ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(scopes)),
+						   ARR_DIMS(DatumGetArrayTypeP(scopes))) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid scopes"),
+					 errdetail("Plan \"%s\" no longer offers any of the old key's scopes.",
+							   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7))));
+	}
+
+	mode_text = DatumGetTextPP(mode);
+	create_key(store, tupdesc, org_id, label, scopes, scopes_null,
+			   flwl_mode_from_name(VARDATA_ANY(mode_text), VARSIZE_ANY_EXHDR(mode_text)),
+			   lifetime, lifetime_null, PG_GETARG_DATUM(0), false, now);
+
+	SPI_finish();
+	return (Datum) 0;
+}
+
+Datum
+flowella_apikey_replace(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, apikey_replace_body);
+}
+
+/*---- Key changes ----*/
+
+/*
+ * apikey_revoke(key_id uuid) returns timestamptz
+ *
+ * Idempotent: revoking a revoked key returns its first revocation time and
+ * changes nothing, so it writes no second audit record.
+ */
+static Datum
+apikey_revoke_body(PG_FUNCTION_ARGS)
+{
+	TimestampTz revoked_at;
+	Datum		revoked;
+	bool		isnull;
+
+	SPI_connect();
+	require_key_access(fcinfo, 0);
+
+	revoked = result_value(2, &isnull);
+	if (!isnull)
+		revoked_at = DatumGetTimestampTz(revoked);
+	else
+	{
+		Datum		args[3];
+
+		revoked_at = GetCurrentTimestamp();
+		args[0] = PG_GETARG_DATUM(0);
+		args[1] = UUIDPGetDatum(unconstify(pg_uuid_t *, flwl_require_actor()));
+		args[2] = TimestampTzGetDatum(revoked_at);
+		api_exec(&q_revoke, args, NULL, false, 0);
+	}
+
+	SPI_finish();
+	PG_RETURN_TIMESTAMPTZ(revoked_at);
+}
+
+Datum
+flowella_apikey_revoke(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, apikey_revoke_body);
+}
+
+/*
+ * apikey_set_scopes(key_id uuid, scopes text[]) returns void
+ *
+ * NULL makes the key inherit its plan's scopes again.  Setting the scopes a
+ * key already has changes nothing and is not audited.
+ */
+static Datum
+apikey_set_scopes_body(PG_FUNCTION_ARGS)
+{
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+	bool		isnull;
+
+	SPI_connect();
+	require_key_access(fcinfo, 0);
+
+	(void) result_value(2, &isnull);
+	if (!isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot change the scopes of a revoked API key"),
+				 errdetail("A revoked key stays as it was when revoked.")));
+
+	args[0] = PG_GETARG_DATUM(0);
+	if (PG_ARGISNULL(1))
+		nulls[1] = 'n';
+	else
+		args[1] = check_key_scopes(PG_GETARG_ARRAYTYPE_P(1),
+								   result_value(8, &isnull),
+								   SPI_getvalue(SPI_tuptable->vals[0],
+												SPI_tuptable->tupdesc, 7));
+	api_exec(&q_set_scopes, args, nulls, false, 0);
+
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+flowella_apikey_set_scopes(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, apikey_set_scopes_body);
+}
+
+/*
+ * apikey_list(org_id uuid): every key of the org, newest first, revoked and
+ * expired ones included; never hash or token.
+ */
+static Datum
+apikey_list_body(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Tuplestorestate *store = materialized_result(fcinfo, &tupdesc);
+	Datum		args[2];
+
+	SPI_connect();
+	require_org_access(fcinfo, 0);
+
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
+	api_exec(&q_list, args, NULL, true, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		tuplestore_puttuple(store, SPI_tuptable->vals[i]);
+
+	SPI_finish();
+	return (Datum) 0;
+}
+
+Datum
+flowella_apikey_list(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, apikey_list_body);
+}
+
+/*---- Provisioning ----*/
+
+/* 22023 unless the plan exists. Caller is connected to SPI. */
+static void
+require_plan(Datum plan)
+{
+	if (api_exec(&q_plan_exists, &plan, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+	{
+		text	   *t = DatumGetTextPP(plan);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid plan"),
+				 errdetail("Plan \"%s\" does not exist.",
+						   flwl_quotable(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t))),
+				 errhint("Create it with flowella.plan_set first.")));
+	}
+}
+
+/* 42704 unless the org exists; locks it against concurrent member changes. */
+static void
+lock_org(Datum org_id)
+{
+	if (api_exec(&q_org_lock, &org_id, NULL, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("organisation not found")));
+}
+
+static const char *const member_roles[] = {"owner", "admin", "user", "read_only"};
+
+static void
+check_role(FunctionCallInfo fcinfo, int argno)
+{
+	text	   *t;
+
+	require_arg(fcinfo, argno, "role");
+	t = PG_GETARG_TEXT_PP(argno);
+	for (size_t i = 0; i < lengthof(member_roles); i++)
+		if (strlen(member_roles[i]) == VARSIZE_ANY_EXHDR(t) &&
+			memcmp(member_roles[i], VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)) == 0)
+			return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid role"),
+			 errdetail("Role \"%s\" is unknown; a member's role is owner, admin, user or read_only.",
+					   flwl_quotable(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))));
+}
+
+/*
+ * 55000 if the member about to lose owner rights is the org's last owner:
+ * an org without an owner could never be managed again.  Expects the result
+ * of q_member_role.
+ */
+static void
+protect_last_owner(const char *new_role)
+{
+	char	   *role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	bool		isnull;
+
+	if (strcmp(role, "owner") == 0 &&
+		(new_role == NULL || strcmp(new_role, "owner") != 0) &&
+		DatumGetInt64(result_value(2, &isnull)) <= 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot remove the last owner of an organisation"),
+				 errhint("Make another member owner first.")));
+}
+
+/* org_create(name text, plan text, owner_user_id uuid) returns uuid */
+static Datum
+org_create_body(PG_FUNCTION_ARGS)
+{
+	Datum		args[3];
+	Datum		org_id;
+	bool		isnull;
+	MemoryContext upper = CurrentMemoryContext;
+
+	check_label(fcinfo, 0, "name");
+	require_arg(fcinfo, 1, "plan");
+	require_arg(fcinfo, 2, "owner_user_id");
+
+	SPI_connect();
+	require_plan(PG_GETARG_DATUM(1));
+
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = PG_GETARG_DATUM(1);
+	api_exec(&q_org_insert, args, NULL, false, 0);
+	org_id = result_value(1, &isnull);
+	{
+		MemoryContext spicxt = MemoryContextSwitchTo(upper);
+
+		org_id = datumCopy(org_id, false, UUID_LEN);
+		MemoryContextSwitchTo(spicxt);
+	}
+
+	args[0] = org_id;
+	args[1] = PG_GETARG_DATUM(2);
+	args[2] = CStringGetTextDatum("owner");
+	api_exec(&q_member_upsert, args, NULL, false, 0);
+
+	SPI_finish();
+	PG_RETURN_DATUM(org_id);
+}
+
+Datum
+flowella_org_create(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, org_create_body);
+}
+
+/* member_set(org_id uuid, user_id uuid, role text): add or change a member */
+static Datum
+member_set_body(PG_FUNCTION_ARGS)
+{
+	Datum		args[3];
+
+	require_arg(fcinfo, 0, "org_id");
+	require_arg(fcinfo, 1, "user_id");
+	check_role(fcinfo, 2);
+
+	SPI_connect();
+	lock_org(PG_GETARG_DATUM(0));
+
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = PG_GETARG_DATUM(1);
+	args[2] = PG_GETARG_DATUM(2);
+	api_exec(&q_member_role, args, NULL, true, 1);
+	if (SPI_processed == 1)
+		protect_last_owner(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	api_exec(&q_member_upsert, args, NULL, false, 0);
+
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+flowella_member_set(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, member_set_body);
+}
+
+/* member_remove(org_id uuid, user_id uuid) */
+static Datum
+member_remove_body(PG_FUNCTION_ARGS)
+{
+	Datum		args[2];
+
+	require_arg(fcinfo, 0, "org_id");
+	require_arg(fcinfo, 1, "user_id");
+
+	SPI_connect();
+	lock_org(PG_GETARG_DATUM(0));
+
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = PG_GETARG_DATUM(1);
+	api_exec(&q_member_role, args, NULL, true, 1);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("member not found"),
+				 errdetail("The user is not a member of this organisation.")));
+	protect_last_owner(NULL);
+	api_exec(&q_member_delete, args, NULL, false, 0);
+
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+flowella_member_remove(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, member_remove_body);
+}
+
+/*
+ * plan_set(plan text, scopes text[], audit_log boolean): create or change a
+ * plan.  Taking a scope away takes it from every key of the plan's orgs at
+ * once, since verify intersects with the plan's current scopes.
+ */
+static Datum
+plan_set_body(PG_FUNCTION_ARGS)
+{
+	text	   *plan;
+	Datum	   *elems;
+	int			n;
+	Datum		args[3];
+	StringInfoData bad;
+	int			listed = 0;
+	const char *problem = NULL;
+
+	require_arg(fcinfo, 0, "plan");
+	require_arg(fcinfo, 1, "scopes");
+	require_arg(fcinfo, 2, "audit_log");
+
+	plan = PG_GETARG_TEXT_PP(0);
+	if (VARSIZE_ANY_EXHDR(plan) == 0 || VARSIZE_ANY_EXHDR(plan) > 63 ||
+		!(VARDATA_ANY(plan)[0] >= 'a' && VARDATA_ANY(plan)[0] <= 'z') ||
+		strspn(text_to_cstring(plan), "abcdefghijklmnopqrstuvwxyz0123456789_-") !=
+		VARSIZE_ANY_EXHDR(plan))
+		invalid_argument("plan", "A plan name has 1 to 63 characters: lower-case letters, digits, \"_\" and \"-\", starting with a letter.");
+
+	elems = scope_elements(PG_GETARG_ARRAYTYPE_P(1), true, &n);
+	initStringInfo(&bad);
+	for (int i = 0; i < n; i++)
+	{
+		text	   *s = DatumGetTextPP(elems[i]);
+		const char *p = flwl_scope_name_problem(VARDATA_ANY(s), VARSIZE_ANY_EXHDR(s));
+
+		if (p != NULL)
+		{
+			problem = problem ? problem : p;
+			append_name(&bad, &listed, s);
+		}
+	}
+	if (listed > 0)
+	{
+		finish_name_list(&bad, listed);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid scopes"),
+				 errdetail("Invalid scope names: %s. %s", bad.data, problem)));
+	}
+
+	SPI_connect();
+	args[0] = PG_GETARG_DATUM(0);
+	args[1] = scope_array(elems, n);
+	args[2] = PG_GETARG_DATUM(2);
+	api_exec(&q_plan_upsert, args, NULL, false, 0);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+flowella_plan_set(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, plan_set_body);
+}

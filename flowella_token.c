@@ -1,0 +1,362 @@
+/*-------------------------------------------------------------------------
+ *
+ * flowella_token.c
+ *		Token generation, parsing and hashing, and the validators of
+ *		labels, traceparent headers and scope names.
+ *
+ * Plain C and libsodium only, so the fuzzing harness links this file as it
+ * is.  Parsing decides MALFORMED from the bytes alone: length, head,
+ * alphabet and CRC-32.  Nothing here allocates memory.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "flowella_token.h"
+
+#include <string.h>
+
+#include <sodium.h>
+
+static const char base62_digits[] =
+"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+static const char live_head[FLWL_HEAD_LEN + 1] = "flwl_live_";
+static const char test_head[FLWL_HEAD_LEN + 1] = "flwl_test_";
+
+/* Value of a base62 digit, or -1. */
+static int
+base62_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 36;
+	return -1;
+}
+
+/*
+ * CRC-32 (IEEE 802.3, reflected), as zlib and GitHub's token checksums use.
+ * Bitwise: it runs over 50 bytes once per verify, a table would not pay.
+ */
+static uint32_t
+crc32_ieee(const char *s, size_t len)
+{
+	uint32_t	crc = 0xFFFFFFFFu;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		crc ^= (unsigned char) s[i];
+		for (int b = 0; b < 8; b++)
+			crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+	}
+	return ~crc;
+}
+
+/* The checksum of the first FLWL_TOKEN_LEN - FLWL_CHECK_LEN bytes. */
+static void
+checksum_digits(const char *token, char out[FLWL_CHECK_LEN])
+{
+	uint32_t	crc = crc32_ieee(token, FLWL_TOKEN_LEN - FLWL_CHECK_LEN);
+
+	for (int i = FLWL_CHECK_LEN - 1; i >= 0; i--)
+	{
+		out[i] = base62_digits[crc % 62];
+		crc /= 62;
+	}
+}
+
+const char *
+flwl_mode_name(FlwlMode mode)
+{
+	switch (mode)
+	{
+		case FLWL_MODE_LIVE:
+			return "live";
+		case FLWL_MODE_TEST:
+			return "test";
+		default:
+			return NULL;
+	}
+}
+
+FlwlMode
+flwl_mode_from_name(const char *name, size_t len)
+{
+	if (len == 4 && memcmp(name, "live", 4) == 0)
+		return FLWL_MODE_LIVE;
+	if (len == 4 && memcmp(name, "test", 4) == 0)
+		return FLWL_MODE_TEST;
+	return FLWL_MODE_INVALID;
+}
+
+void
+flwl_token_generate(FlwlMode mode, char *buf)
+{
+	memcpy(buf, mode == FLWL_MODE_TEST ? test_head : live_head, FLWL_HEAD_LEN);
+
+	/* randombytes_uniform rejects biased draws: every digit is uniform */
+	for (int i = FLWL_HEAD_LEN; i < FLWL_TOKEN_LEN - FLWL_CHECK_LEN; i++)
+		buf[i] = base62_digits[randombytes_uniform(62)];
+
+	checksum_digits(buf, buf + FLWL_TOKEN_LEN - FLWL_CHECK_LEN);
+}
+
+FlwlMode
+flwl_token_parse(const char *s, size_t len)
+{
+	FlwlMode	mode;
+	char		check[FLWL_CHECK_LEN];
+
+	if (s == NULL || len != FLWL_TOKEN_LEN)
+		return FLWL_MODE_INVALID;
+
+	if (memcmp(s, live_head, FLWL_HEAD_LEN) == 0)
+		mode = FLWL_MODE_LIVE;
+	else if (memcmp(s, test_head, FLWL_HEAD_LEN) == 0)
+		mode = FLWL_MODE_TEST;
+	else
+		return FLWL_MODE_INVALID;
+
+	for (size_t i = FLWL_HEAD_LEN; i < FLWL_TOKEN_LEN; i++)
+		if (base62_value((unsigned char) s[i]) < 0)
+			return FLWL_MODE_INVALID;
+
+	checksum_digits(s, check);
+	if (memcmp(check, s + FLWL_TOKEN_LEN - FLWL_CHECK_LEN, FLWL_CHECK_LEN) != 0)
+		return FLWL_MODE_INVALID;
+
+	return mode;
+}
+
+void
+flwl_token_hash(const char *token, size_t len, unsigned char out[FLWL_HASH_LEN])
+{
+	crypto_hash_sha256(out, (const unsigned char *) token, len);
+}
+
+/*
+ * Decode one UTF-8 sequence at s (len > 0).  Returns its length and sets *cp,
+ * or returns 0 for an invalid, overlong or surrogate sequence.
+ */
+static size_t
+utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
+{
+	size_t		n;
+	uint32_t	c;
+
+	if (s[0] < 0x80)
+	{
+		*cp = s[0];
+		return 1;
+	}
+	else if ((s[0] & 0xE0) == 0xC0)
+	{
+		n = 2;
+		c = s[0] & 0x1F;
+	}
+	else if ((s[0] & 0xF0) == 0xE0)
+	{
+		n = 3;
+		c = s[0] & 0x0F;
+	}
+	else if ((s[0] & 0xF8) == 0xF0)
+	{
+		n = 4;
+		c = s[0] & 0x07;
+	}
+	else
+		return 0;
+
+	if (n > len)
+		return 0;
+	for (size_t i = 1; i < n; i++)
+	{
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		c = (c << 6) | (s[i] & 0x3F);
+	}
+	if ((n == 2 && c < 0x80) || (n == 3 && c < 0x800) || (n == 4 && c < 0x10000) ||
+		c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+		return 0;
+	*cp = c;
+	return n;
+}
+
+static bool
+is_space_char(uint32_t c)
+{
+	return c == ' ' || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+		c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+/*
+ * Characters that render as nothing or reorder the text around them: a label
+ * holding them can read as another label (the "Trojan Source" family).
+ */
+static bool
+is_invisible_format_char(uint32_t c)
+{
+	return c == 0x00AD || c == 0x061C || c == 0x180E ||
+		(c >= 0x200B && c <= 0x200F) || (c >= 0x2028 && c <= 0x202E) ||
+		(c >= 0x2060 && c <= 0x206F) || c == 0xFEFF ||
+		(c >= 0xFFF9 && c <= 0xFFFB) || (c >= 0xE0000 && c <= 0xE007F);
+}
+
+const char *
+flwl_label_problem(const char *s, size_t len)
+{
+	const unsigned char *p = (const unsigned char *) s;
+	size_t		total = len;
+	size_t		chars = 0;
+	bool		blank = true;
+
+	if (len == 0)
+		return "The value must not be empty.";
+
+	while (len > 0)
+	{
+		uint32_t	c;
+		size_t		n = utf8_decode(p, len, &c);
+
+		if (n == 0)
+			return "The value is not valid UTF-8.";
+		if (c < 0x20 || (c >= 0x7F && c <= 0x9F))
+			return "The value must not contain control characters.";
+		if (is_invisible_format_char(c))
+			return "The value must not contain invisible or bidirectional formatting characters.";
+		if (!is_space_char(c))
+			blank = false;
+		chars++;
+		p += n;
+		len -= n;
+	}
+
+	if (blank)
+		return "The value must not be blank.";
+	if (flwl_contains_token(s, total))
+		return "The value must not contain an API token.";
+	if (chars > FLWL_LABEL_MAX_CHARS)
+		return "The value must be at most 100 characters long.";
+	return NULL;
+}
+
+/* Whether len bytes at s are lower-case hex digits, and not all zeros. */
+static bool
+lower_hex_nonzero(const char *s, size_t len, bool *nonzero)
+{
+	*nonzero = false;
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = s[i];
+
+		if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+			return false;
+		if (c != '0')
+			*nonzero = true;
+	}
+	return true;
+}
+
+const char *
+flwl_traceparent_problem(const char *s, size_t len)
+{
+	bool		nonzero;
+
+	if (len != FLWL_TRACEPARENT_LEN || s[2] != '-' || s[35] != '-' || s[52] != '-')
+		return "A traceparent has the form 00-<32 hex digits>-<16 hex digits>-<2 hex digits>.";
+	if (s[0] != '0' || s[1] != '0')
+		return "Only version 00 of the W3C trace context is accepted.";
+	if (!lower_hex_nonzero(s + 53, 2, &nonzero))
+		return "The trace flags must be two lower-case hex digits.";
+	if (!lower_hex_nonzero(s + 3, 32, &nonzero))
+		return "The trace id must be lower-case hex digits.";
+	if (!nonzero)
+		return "The trace id must not be all zeros.";
+	if (!lower_hex_nonzero(s + 36, 16, &nonzero))
+		return "The parent id must be lower-case hex digits.";
+	if (!nonzero)
+		return "The parent id must not be all zeros.";
+	return NULL;
+}
+
+const char *
+flwl_scope_name_problem(const char *s, size_t len)
+{
+	bool		segment_empty = false;
+
+	if (len == 0 || len > 64)
+		return "A scope name has 1 to 64 characters.";
+	if (!(s[0] >= 'a' && s[0] <= 'z'))
+		return "A scope name starts with a lower-case letter.";
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = s[i];
+
+		if (c == ':')
+		{
+			if (segment_empty)
+				break;
+			segment_empty = true;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			  c == '_' || c == '.' || c == '-'))
+			return "A scope name holds only lower-case letters, digits, \"_\", \".\", \"-\" and \":\".";
+		segment_empty = false;
+	}
+	if (segment_empty)
+		return "Every part of a scope name between colons must be non-empty.";
+	return NULL;
+}
+
+/*
+ * Length of the token-shaped run at s (len bytes available): "flwl_" and the
+ * [0-9A-Za-z_] characters after it; 0 when s does not start one.
+ */
+static size_t
+token_run_length(const char *s, size_t len)
+{
+	size_t		n;
+
+	if (len < 5 || memcmp(s, "flwl_", 5) != 0)
+		return 0;
+	for (n = 5; n < len; n++)
+		if (s[n] != '_' && base62_value((unsigned char) s[n]) < 0)
+			break;
+	return n;
+}
+
+bool
+flwl_contains_token(const char *s, size_t len)
+{
+	for (size_t i = 0; i + 5 <= len; i++)
+		if (s[i] == 'f' && token_run_length(s + i, len - i) > FLWL_PREFIX_LEN)
+			return true;
+	return false;
+}
+
+size_t
+flwl_redact(const char *in, size_t len, char *out)
+{
+	size_t		o = 0;
+	size_t		i = 0;
+
+	while (i < len)
+	{
+		size_t		run = (in[i] == 'f') ? token_run_length(in + i, len - i) : 0;
+
+		if (run > FLWL_PREFIX_LEN)
+		{
+			memcpy(out + o, in + i, FLWL_PREFIX_LEN);
+			o += FLWL_PREFIX_LEN;
+			memcpy(out + o, FLWL_REDACTED_MARK, sizeof(FLWL_REDACTED_MARK) - 1);
+			o += sizeof(FLWL_REDACTED_MARK) - 1;
+			i += run;
+		}
+		else
+			out[o++] = in[i++];
+	}
+	return o;
+}
