@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Install what building and testing flowella_apikey needs on Debian 12,
+# then build and install the extension.  Idempotent: apt runs only when a
+# package is missing.  Sourced by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+
+packages=(postgresql-15 postgresql-server-dev-15 libsodium-dev build-essential)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+        missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+make -s PG_CONFIG="$PG_CONFIG"
+if [ "$(id -u)" -eq 0 ]; then
+    make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
+else
+    sudo make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
+fi
