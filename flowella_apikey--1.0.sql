@@ -479,7 +479,7 @@ AS $$
 BEGIN
 	RAISE EXCEPTION USING
 		ERRCODE = 'insufficient_privilege',
-		MESSAGE = pg_catalog.format('%s on %I.%I is not allowed', TG_OP,
+		MESSAGE = pg_catalog.format('%s of %I.%I is not allowed', TG_OP,
 									TG_TABLE_SCHEMA, TG_TABLE_NAME),
 		DETAIL = 'The table is append-only.',
 		HINT = 'A superuser may disable the trigger on purpose for maintenance.';
@@ -492,12 +492,22 @@ CREATE TRIGGER audit_records_truncate_guard BEFORE TRUNCATE ON flowella.audit_re
 	FOR EACH STATEMENT EXECUTE FUNCTION flowella.append_only_guard();
 CREATE TRIGGER api_keys_truncate_guard BEFORE TRUNCATE ON flowella.api_keys
 	FOR EACH STATEMENT EXECUTE FUNCTION flowella.append_only_guard();
+-- Emptying plans, orgs or members would orphan keys and their audit trail.
+CREATE TRIGGER plans_truncate_guard BEFORE TRUNCATE ON flowella.plans
+	FOR EACH STATEMENT EXECUTE FUNCTION flowella.append_only_guard();
+CREATE TRIGGER orgs_truncate_guard BEFORE TRUNCATE ON flowella.orgs
+	FOR EACH STATEMENT EXECUTE FUNCTION flowella.append_only_guard();
+CREATE TRIGGER members_truncate_guard BEFORE TRUNCATE ON flowella.members
+	FOR EACH STATEMENT EXECUTE FUNCTION flowella.append_only_guard();
 
 -- Fire even with session_replication_role = replica: only DISABLE stops them.
 ALTER TABLE flowella.api_keys ENABLE ALWAYS TRIGGER api_keys_guard;
 ALTER TABLE flowella.api_keys ENABLE ALWAYS TRIGGER api_keys_truncate_guard;
 ALTER TABLE flowella.audit_records ENABLE ALWAYS TRIGGER audit_records_guard;
 ALTER TABLE flowella.audit_records ENABLE ALWAYS TRIGGER audit_records_truncate_guard;
+ALTER TABLE flowella.plans ENABLE ALWAYS TRIGGER plans_truncate_guard;
+ALTER TABLE flowella.orgs ENABLE ALWAYS TRIGGER orgs_truncate_guard;
+ALTER TABLE flowella.members ENABLE ALWAYS TRIGGER members_truncate_guard;
 
 /*
  * Audit trail: one record per change, in the changing transaction, with the
@@ -616,6 +626,9 @@ GRANT USAGE ON SCHEMA flowella TO flowella_apikey_verifier, flowella_apikey_mana
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA flowella FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA flowella FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowella FROM PUBLIC;
+-- Not even the owning role keeps TRUNCATE (a superuser still bypasses this,
+-- hence the guard triggers above).
+REVOKE TRUNCATE ON ALL TABLES IN SCHEMA flowella FROM CURRENT_USER;
 REVOKE ALL ON TYPE flowella.verification FROM PUBLIC;
 GRANT USAGE ON TYPE flowella.verification TO flowella_apikey_verifier;
 
