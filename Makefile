@@ -5,7 +5,9 @@ OBJS = \
 	$(WIN32RES) \
 	flowella_apikey.o \
 	flowella_manage.o \
-	flowella_token.o
+	flowella_redact.o \
+	flowella_token.o \
+	flowella_usage.o
 
 EXTENSION = flowella_apikey
 DATA = flowella_apikey--1.0.sql

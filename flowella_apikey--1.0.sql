@@ -259,6 +259,14 @@ RETURNS boolean
 AS 'MODULE_PATHNAME', 'flowella_change_is_restore'
 LANGUAGE C STABLE;
 
+-- Counters of last-used tracking (all zero unless preloaded).
+CREATE FUNCTION flowella.usage_stats(OUT pending bigint, OUT recorded bigint,
+									 OUT dropped bigint, OUT flushes bigint,
+									 OUT rows_updated bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'flowella_usage_stats'
+LANGUAGE C VOLATILE;
+
 CREATE TYPE flowella.verification AS (
 	valid		boolean,
 	code		text,
@@ -650,6 +658,8 @@ GRANT EXECUTE ON FUNCTION
 	flowella.member_remove(uuid, uuid),
 	flowella.plan_set(text, text[], boolean)
 	TO flowella_apikey_admin;
+
+GRANT EXECUTE ON FUNCTION flowella.usage_stats() TO flowella_apikey_auditor;
 
 -- Policies and views call these as the reading role.
 GRANT EXECUTE ON FUNCTION flowella.actor_manages(uuid), flowella.actor_reads_audit(uuid)

@@ -142,8 +142,9 @@ static Datum verification_result(FunctionCallInfo fcinfo, VerifyCode code,
 								 bool scopes_null, FlwlMode mode);
 
 /*
- * Module load.  Works with or without shared_preload_libraries: nothing
- * here needs shared memory.
+ * Module load.  Preloaded, it also sets up last-used tracking (shared
+ * memory and its background worker); loaded on first use instead, verify
+ * works the same but records no use.
  */
 void
 _PG_init(void)
@@ -152,6 +153,10 @@ _PG_init(void)
 		ereport(ERROR,
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("could not initialize libsodium")));
+
+	if (process_shared_preload_libraries_in_progress)
+		flwl_usage_init();
+	flwl_redact_init();
 
 	RegisterXactCallback(actor_xact_callback, NULL);
 	RegisterSubXactCallback(actor_subxact_callback, NULL);
@@ -550,6 +555,7 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 	bool		scopes_null = true;
 	Datum		d;
 	bool		isnull;
+	TimestampTz now;
 
 	if (PG_ARGISNULL(0))
 		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
@@ -593,13 +599,14 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 			key_id = datumCopy(slot_getattr(slot, vrels.k_key_id, &isnull), false, UUID_LEN);
 			org_id = datumCopy(slot_getattr(slot, vrels.k_org_id, &isnull), false, UUID_LEN);
 
+			now = GetCurrentTimestamp();
 			slot_getattr(slot, vrels.k_revoked_at, &isnull);
 			if (!isnull)
 				code = VC_REVOKED;
 			else
 			{
 				d = slot_getattr(slot, vrels.k_expires_at, &isnull);
-				if (!isnull && DatumGetTimestampTz(d) <= GetCurrentTimestamp())
+				if (!isnull && DatumGetTimestampTz(d) <= now)
 					code = VC_EXPIRED;
 				else
 					code = VC_VALID;
@@ -646,6 +653,8 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 				if (!PG_ARGISNULL(1) &&
 					!flwl_scopes_contain(scopes, PG_GETARG_TEXT_PP(1)))
 					code = VC_INSUFFICIENT_SCOPE;
+				else
+					flwl_usage_record(DatumGetUUIDP(key_id), now);
 			}
 		}
 	}

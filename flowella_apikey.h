@@ -10,6 +10,7 @@
 #define FLOWELLA_APIKEY_H
 
 #include "fmgr.h"
+#include "datatype/timestamp.h"
 #include "utils/uuid.h"
 
 /* The acting user of the current transaction, or NULL when none is set. */
@@ -36,5 +37,12 @@ extern bool flwl_scopes_contain(Datum scopes, text *scope);
  */
 extern Datum flwl_effective_scopes(Datum key_scopes, bool key_scopes_null,
 								   Datum plan_scopes);
+
+/* Last-used tracking (flowella_usage.c) */
+extern void flwl_usage_init(void);
+extern void flwl_usage_record(const pg_uuid_t *key_id, TimestampTz when);
+
+/* Log redaction (flowella_redact.c) */
+extern void flwl_redact_init(void);
 
 #endif							/* FLOWELLA_APIKEY_H */

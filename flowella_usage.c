@@ -1,0 +1,519 @@
+/*-------------------------------------------------------------------------
+ *
+ * flowella_usage.c
+ *		Last-used tracking: apikey_verify notes each successful use in shared
+ *		memory, and a background worker writes them to api_keys.last_used_at
+ *		at most once per key per flush interval.
+ *
+ * So verify never writes a row, never waits on a row lock and works in READ
+ * ONLY transactions and on hot standbys, while a key used 2 000 times a
+ * minute costs one row update a minute.
+ *
+ * Shared state: a fixed-size hash table of (database, key) -> latest use,
+ * sized by flowella.usage_max_keys, under one LWLock.  Recording a key
+ * already present takes the lock shared and the entry's spinlock; adding one
+ * takes it exclusive.  The flusher takes it exclusive only to move its
+ * database's entries out.  When the table is full a new key's use is dropped
+ * (counted in usage_stats) and recorded at its next use after a flush.
+ *
+ * Workers, the pg_cron way: the "flowella usage launcher" (static, no
+ * database) wakes every flush interval and starts one short-lived "flowella
+ * usage flush" worker per database with pending uses; that worker updates
+ * the rows in one transaction, skipping rows locked by others (they go back
+ * to the table for the next round), and exits.
+ *
+ * Without shared_preload_libraries none of this exists: verify records
+ * nothing and last_used_at stays as it is (documented degradation; verify
+ * neither blocks nor fails).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type_d.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "flowella_apikey.h"
+
+/*---- GUC variables ----*/
+
+static int	usage_max_keys = 10000;
+static int	usage_flush_interval = 60;	/* seconds */
+
+/* A flushed use whose row stayed locked this many rounds is given up. */
+#define USAGE_MAX_RETRIES	5
+
+/*---- Shared state ----*/
+
+typedef struct UsageKey
+{
+	Oid			dbid;
+	pg_uuid_t	key_id;
+} UsageKey;
+
+typedef struct UsageEntry
+{
+	UsageKey	key;			/* hash key: must be first */
+	slock_t		mutex;			/* protects last_used */
+	TimestampTz last_used;
+	int			retries;		/* flush rounds its row was locked */
+} UsageEntry;
+
+typedef struct UsageShared
+{
+	LWLock	   *lock;			/* protects the hash table's membership */
+	pg_atomic_uint64 recorded;	/* uses noted */
+	pg_atomic_uint64 dropped;	/* uses lost to a full table */
+	pg_atomic_uint64 flushed;	/* rows updated by flushes */
+	pg_atomic_uint64 flushes;	/* flush transactions committed */
+} UsageShared;
+
+static UsageShared *usage = NULL;
+static HTAB *usage_hash = NULL;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/*---- Function declarations ----*/
+
+PG_FUNCTION_INFO_V1(flowella_usage_stats);
+
+PGDLLEXPORT void flowella_usage_launcher_main(Datum main_arg);
+PGDLLEXPORT void flowella_usage_flush_main(Datum main_arg);
+
+static Size usage_memsize(void);
+static void usage_shmem_request(void);
+static void usage_shmem_startup(void);
+static void usage_put(const UsageKey *key, TimestampTz when, int retries);
+
+/*---- Set-up ----*/
+
+/*
+ * Called from _PG_init while shared_preload_libraries is processed: define
+ * the GUCs, ask for shared memory and register the launcher.
+ */
+void
+flwl_usage_init(void)
+{
+	BackgroundWorker worker;
+
+	DefineCustomIntVariable("flowella.usage_max_keys",
+							"Number of keys whose last use shared memory can hold between flushes.",
+							NULL,
+							&usage_max_keys,
+							10000, 100, 10000000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("flowella.usage_flush_interval",
+							"Seconds between writes of last_used_at.",
+							"A key's row is written at most once per interval.",
+							&usage_flush_interval,
+							60, 1, 60,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("flowella");
+#endif
+
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = usage_shmem_request;
+#else
+	usage_shmem_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = usage_shmem_startup;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 10;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "flowella_apikey");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "flowella_usage_launcher_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "flowella usage launcher");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "flowella usage launcher");
+	RegisterBackgroundWorker(&worker);
+}
+
+static Size
+usage_memsize(void)
+{
+	return add_size(MAXALIGN(sizeof(UsageShared)),
+					hash_estimate_size(usage_max_keys, sizeof(UsageEntry)));
+}
+
+static void
+usage_shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+#endif
+	RequestAddinShmemSpace(usage_memsize());
+	RequestNamedLWLockTranche("flowella_apikey", 1);
+}
+
+static void
+usage_shmem_startup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	usage = ShmemInitStruct("flowella_apikey usage", sizeof(UsageShared), &found);
+	if (!found)
+	{
+		usage->lock = &(GetNamedLWLockTranche("flowella_apikey"))->lock;
+		pg_atomic_init_u64(&usage->recorded, 0);
+		pg_atomic_init_u64(&usage->dropped, 0);
+		pg_atomic_init_u64(&usage->flushed, 0);
+		pg_atomic_init_u64(&usage->flushes, 0);
+	}
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(UsageKey);
+	info.entrysize = sizeof(UsageEntry);
+	usage_hash = ShmemInitHash("flowella_apikey usage hash",
+							   usage_max_keys, usage_max_keys,
+							   &info, HASH_ELEM | HASH_BLOBS);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*---- Recording (verify path) ----*/
+
+/* Note a use of key (in database key->dbid) at when; keep the latest. */
+static void
+usage_put(const UsageKey *key, TimestampTz when, int retries)
+{
+	UsageEntry *entry;
+	bool		found;
+
+	LWLockAcquire(usage->lock, LW_SHARED);
+	entry = hash_search(usage_hash, key, HASH_FIND, NULL);
+	if (entry != NULL)
+	{
+		SpinLockAcquire(&entry->mutex);
+		if (when > entry->last_used)
+			entry->last_used = when;
+		SpinLockRelease(&entry->mutex);
+		LWLockRelease(usage->lock);
+		return;
+	}
+	LWLockRelease(usage->lock);
+
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	entry = hash_search(usage_hash, key, HASH_ENTER_NULL, &found);
+	if (entry == NULL)
+		pg_atomic_fetch_add_u64(&usage->dropped, 1);
+	else if (!found)
+	{
+		SpinLockInit(&entry->mutex);
+		entry->last_used = when;
+		entry->retries = retries;
+	}
+	else if (when > entry->last_used)
+		entry->last_used = when;	/* exclusive lock: no spinlock needed */
+	LWLockRelease(usage->lock);
+}
+
+/*
+ * Record a successful use of key_id in the current database.  Does nothing
+ * when the library was not preloaded.
+ */
+void
+flwl_usage_record(const pg_uuid_t *key_id, TimestampTz when)
+{
+	UsageKey	key;
+
+	if (usage == NULL || usage_hash == NULL)
+		return;
+	memset(&key, 0, sizeof(key));
+	key.dbid = MyDatabaseId;
+	memcpy(&key.key_id, key_id, sizeof(pg_uuid_t));
+	usage_put(&key, when, 0);
+	pg_atomic_fetch_add_u64(&usage->recorded, 1);
+}
+
+/*
+ * usage_stats(): counters of the tracker, for monitoring and tests.  All
+ * zero and pending NULL when the library is not preloaded.
+ */
+Datum
+flowella_usage_stats(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	if (usage == NULL)
+	{
+		memset(values, 0, sizeof(values));
+		for (int i = 0; i < 5; i++)
+			values[i] = Int64GetDatum(0);
+		nulls[0] = true;
+	}
+	else
+	{
+		LWLockAcquire(usage->lock, LW_SHARED);
+		values[0] = Int64GetDatum(hash_get_num_entries(usage_hash));
+		LWLockRelease(usage->lock);
+		values[1] = Int64GetDatum(pg_atomic_read_u64(&usage->recorded));
+		values[2] = Int64GetDatum(pg_atomic_read_u64(&usage->dropped));
+		values[3] = Int64GetDatum(pg_atomic_read_u64(&usage->flushes));
+		values[4] = Int64GetDatum(pg_atomic_read_u64(&usage->flushed));
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*---- Launcher ----*/
+
+/*
+ * Start a flush worker for dbid and wait for it to finish, so that at most
+ * one flush runs at a time and a database is flushed at most once a round.
+ */
+static void
+launch_flush(Oid dbid)
+{
+	BackgroundWorker worker;
+	BackgroundWorkerHandle *handle;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "flowella_apikey");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "flowella_usage_flush_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "flowella usage flush");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "flowella usage flush");
+	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
+
+	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	{
+		ereport(LOG,
+				(errmsg("flowella usage launcher could not start a flush worker"),
+				 errhint("Raise max_worker_processes.")));
+		return;
+	}
+
+	/*
+	 * Poll rather than WaitForBackgroundWorkerShutdown: the postmaster only
+	 * notifies backends with a database connection, which the launcher has
+	 * not.
+	 */
+	for (;;)
+	{
+		pid_t		pid;
+
+		if (GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED ||
+			ShutdownRequestPending)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 50L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	pfree(handle);
+}
+
+void
+flowella_usage_launcher_main(Datum main_arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+
+	while (!ShutdownRequestPending)
+	{
+		Oid		   *dbids;
+		int			ndb = 0;
+		HASH_SEQ_STATUS seq;
+		UsageEntry *entry;
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 usage_flush_interval * 1000L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (ShutdownRequestPending)
+			break;
+
+		/* the distinct databases with pending uses */
+		LWLockAcquire(usage->lock, LW_SHARED);
+		dbids = palloc(sizeof(Oid) * (hash_get_num_entries(usage_hash) + 1));
+		hash_seq_init(&seq, usage_hash);
+		while ((entry = hash_seq_search(&seq)) != NULL)
+		{
+			int			i;
+
+			for (i = 0; i < ndb && dbids[i] != entry->key.dbid; i++)
+				;
+			if (i == ndb)
+				dbids[ndb++] = entry->key.dbid;
+		}
+		LWLockRelease(usage->lock);
+
+		for (int i = 0; i < ndb && !ShutdownRequestPending; i++)
+			launch_flush(dbids[i]);
+		pfree(dbids);
+	}
+	proc_exit(0);
+}
+
+/*---- Flush worker ----*/
+
+/*
+ * Write one database's pending uses.  Rows locked by another transaction
+ * are skipped, never waited for, and their uses go back to the table.
+ */
+void
+flowella_usage_flush_main(Datum main_arg)
+{
+	Oid			dbid = DatumGetObjectId(main_arg);
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	Datum	   *ids;
+	Datum	   *whens;
+	int		   *retries;
+	int			n = 0;
+	int			capacity;
+	Datum		args[2];
+	uint64		updated = 0;
+	bool	   *done;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+
+	/* move this database's entries out of shared memory */
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	capacity = hash_get_num_entries(usage_hash) + 1;
+	ids = palloc(sizeof(Datum) * capacity);
+	whens = palloc(sizeof(Datum) * capacity);
+	retries = palloc(sizeof(int) * capacity);
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->key.dbid != dbid)
+			continue;
+		ids[n] = UUIDPGetDatum(palloc(sizeof(pg_uuid_t)));
+		memcpy(DatumGetUUIDP(ids[n]), &entry->key.key_id, sizeof(pg_uuid_t));
+		whens[n] = TimestampTzGetDatum(entry->last_used);
+		retries[n] = entry->retries;
+		n++;
+		hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(usage->lock);
+
+	if (n == 0)
+		proc_exit(0);
+	done = palloc0(sizeof(bool) * n);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "flowella: flushing last_used_at");
+
+	/* the extension may have been dropped from this database meanwhile */
+	if (OidIsValid(get_namespace_oid("flowella", true)))
+	{
+		args[0] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+		args[1] = PointerGetDatum(construct_array(whens, n, TIMESTAMPTZOID, sizeof(TimestampTz),
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		if (SPI_execute_with_args(
+				"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(key_id, used_at)),"
+				" l AS (SELECT k.key_id, u.used_at FROM flowella.api_keys k"
+				"        JOIN u ON u.key_id OPERATOR(pg_catalog.=) k.key_id"
+				"       FOR UPDATE OF k SKIP LOCKED)"
+				" UPDATE flowella.api_keys k"
+				"    SET last_used_at = GREATEST(k.last_used_at, l.used_at)"
+				"   FROM l WHERE k.key_id OPERATOR(pg_catalog.=) l.key_id"
+				"    AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) l.used_at)"
+				" RETURNING k.key_id",
+				2, (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID}, args, NULL,
+				false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "flowella usage flush failed");
+		updated = SPI_processed;
+
+		/*
+		 * Keys written, or skipped as already newer, are done; the rest had
+		 * their row locked.  A second look tells them apart.
+		 */
+		if (SPI_execute_with_args(
+				"SELECT u.ord::int4 - 1 FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(key_id, ord)"
+				" WHERE EXISTS (SELECT 1 FROM flowella.api_keys k"
+				"                WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id"
+				"                  AND k.last_used_at OPERATOR(pg_catalog.>=) ($2::pg_catalog.timestamptz[])[u.ord])"
+				"    OR NOT EXISTS (SELECT 1 FROM flowella.api_keys k"
+				"                    WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id)",
+				2, (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID}, args, NULL,
+				false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "flowella usage flush check failed");
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			int			idx = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+
+			if (idx >= 0 && idx < n)
+				done[idx] = true;
+		}
+	}
+	else
+		memset(done, true, sizeof(bool) * n);
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	pg_atomic_fetch_add_u64(&usage->flushes, 1);
+	pg_atomic_fetch_add_u64(&usage->flushed, updated);
+
+	/* put back the uses whose rows were locked, for the next round */
+	for (int i = 0; i < n; i++)
+	{
+		UsageKey	key;
+
+		if (done[i] || retries[i] + 1 >= USAGE_MAX_RETRIES)
+			continue;
+		memset(&key, 0, sizeof(key));
+		key.dbid = dbid;
+		memcpy(&key.key_id, DatumGetUUIDP(ids[i]), sizeof(pg_uuid_t));
+		usage_put(&key, DatumGetTimestampTz(whens[i]), retries[i] + 1);
+	}
+	proc_exit(0);
+}
