@@ -517,6 +517,19 @@ ALTER TABLE flowella.plans ENABLE ALWAYS TRIGGER plans_truncate_guard;
 ALTER TABLE flowella.orgs ENABLE ALWAYS TRIGGER orgs_truncate_guard;
 ALTER TABLE flowella.members ENABLE ALWAYS TRIGGER members_truncate_guard;
 
+-- Plan or org changes reach every backend's cached plan scopes at commit.
+CREATE FUNCTION flowella.plan_cache_invalidate()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'flowella_plan_cache_invalidate'
+LANGUAGE C;
+
+CREATE TRIGGER plans_cache_invalidate AFTER INSERT OR UPDATE OR DELETE ON flowella.plans
+	FOR EACH STATEMENT EXECUTE FUNCTION flowella.plan_cache_invalidate();
+CREATE TRIGGER orgs_cache_invalidate AFTER INSERT OR UPDATE OR DELETE ON flowella.orgs
+	FOR EACH STATEMENT EXECUTE FUNCTION flowella.plan_cache_invalidate();
+ALTER TABLE flowella.plans ENABLE ALWAYS TRIGGER plans_cache_invalidate;
+ALTER TABLE flowella.orgs ENABLE ALWAYS TRIGGER orgs_cache_invalidate;
+
 /*
  * Audit trail: one record per change, in the changing transaction, with the
  * actor set by set_actor.  Details hold old/new values, never hash or token.

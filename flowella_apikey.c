@@ -33,6 +33,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation_d.h"
+#include "commands/trigger.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -103,6 +104,25 @@ typedef struct VerifyRels
 
 static VerifyRels vrels;
 
+/*
+ * Per-backend cache: organisation -> its plan's current scopes, so that a
+ * verify costs one index probe.  Key status is never cached.  A statement
+ * trigger on orgs and plans sends a relcache invalidation at commit
+ * (flowella_plan_cache_invalidate); every backend then drops the whole cache
+ * before its next verify, which calls AcceptInvalidationMessages first.
+ */
+typedef struct PlanCacheEntry
+{
+	pg_uuid_t	org_id;			/* hash key */
+	Datum		scopes;			/* text[] in plan_cache_cxt */
+} PlanCacheEntry;
+
+#define PLAN_CACHE_MAX_ORGS	10000
+
+static MemoryContext plan_cache_cxt = NULL;
+static HTAB *plan_cache = NULL;
+static uint64 plan_cache_generation = 0;	/* bumped at each reset */
+
 /* Outcome codes of apikey_verify, indexes into verify_code_names. */
 typedef enum VerifyCode
 {
@@ -128,6 +148,7 @@ PG_FUNCTION_INFO_V1(flowella_actor_ip);
 PG_FUNCTION_INFO_V1(flowella_actor_traceparent);
 PG_FUNCTION_INFO_V1(flowella_change_is_restore);
 PG_FUNCTION_INFO_V1(flowella_apikey_verify);
+PG_FUNCTION_INFO_V1(flowella_plan_cache_invalidate);
 
 static void actor_xact_callback(XactEvent event, void *arg);
 static void actor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
@@ -137,6 +158,10 @@ static void vrels_load(void);
 static bool probe_unique(Relation heap, Relation index, RegProcedure eqproc,
 						 Oid collation, Datum key, Snapshot snapshot,
 						 TupleTableSlot *slot);
+static Datum fetch_column(Oid relid, Oid indexid, RegProcedure eqproc,
+						  Oid collation, Datum key, AttrNumber attnum,
+						  Snapshot snapshot);
+static Datum plan_scopes_of_org(Datum org_id, Snapshot snapshot);
 static Datum verification_result(FunctionCallInfo fcinfo, VerifyCode code,
 								 Datum key_id, Datum org_id, Datum scopes,
 								 bool scopes_null, FlwlMode mode);
@@ -358,8 +383,20 @@ flwl_quotable(const char *s, size_t len)
 /*---- Verify path ----*/
 
 static void
+plan_cache_reset(void)
+{
+	plan_cache_generation++;
+	if (plan_cache_cxt != NULL)
+		MemoryContextReset(plan_cache_cxt);
+	plan_cache = NULL;
+}
+
+static void
 vrels_invalidate(Datum arg, Oid relid)
 {
+	if (relid == InvalidOid || !vrels.valid ||
+		relid == vrels.orgs || relid == vrels.plans)
+		plan_cache_reset();
 	if (!vrels.valid)
 		return;
 	if (relid == InvalidOid || relid == vrels.keys ||
@@ -437,6 +474,99 @@ probe_unique(Relation heap, Relation index, RegProcedure eqproc, Oid collation,
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	index_endscan(scan);
 	return found;
+}
+
+/*
+ * Column attnum of the row whose unique key is key, as a detoasted copy in
+ * CurrentMemoryContext.  The row must exist.
+ */
+static Datum
+fetch_column(Oid relid, Oid indexid, RegProcedure eqproc, Oid collation,
+			 Datum key, AttrNumber attnum, Snapshot snapshot)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	Relation	idx = index_open(indexid, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Datum		value;
+	bool		isnull;
+
+	if (!probe_unique(rel, idx, eqproc, collation, key, snapshot, slot))
+		elog(ERROR, "row referenced by API key not found in \"%s\"",
+			 RelationGetRelationName(rel));
+	value = slot_getattr(slot, attnum, &isnull);
+	if (isnull)
+		elog(ERROR, "unexpected null in \"%s\"", RelationGetRelationName(rel));
+	value = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
+
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+	return value;
+}
+
+/* The current scopes of an organisation's plan, from the cache if there. */
+static Datum
+plan_scopes_of_org(Datum org_id, Snapshot snapshot)
+{
+	PlanCacheEntry *entry;
+	uint64		generation = plan_cache_generation;
+	Datum		plan,
+				scopes;
+	bool		found;
+
+	if (plan_cache != NULL)
+	{
+		entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_FIND, NULL);
+		if (entry != NULL)
+			return entry->scopes;
+	}
+
+	plan = fetch_column(vrels.orgs, vrels.orgs_pkey, F_UUID_EQ, InvalidOid,
+						org_id, vrels.o_plan, snapshot);
+	scopes = fetch_column(vrels.plans, vrels.plans_pkey, F_TEXTEQ,
+						  C_COLLATION_OID, plan, vrels.p_scopes, snapshot);
+
+	/* an invalidation arrived while reading: do not cache what was read */
+	if (generation != plan_cache_generation)
+		return scopes;
+
+	if (plan_cache_cxt == NULL)
+		plan_cache_cxt = AllocSetContextCreate(TopMemoryContext,
+											   "flowella plan cache",
+											   ALLOCSET_DEFAULT_SIZES);
+	if (plan_cache == NULL ||
+		hash_get_num_entries(plan_cache) >= PLAN_CACHE_MAX_ORGS)
+	{
+		HASHCTL		info;
+
+		MemoryContextReset(plan_cache_cxt);
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(pg_uuid_t);
+		info.entrysize = sizeof(PlanCacheEntry);
+		info.hcxt = plan_cache_cxt;
+		plan_cache = hash_create("flowella plan cache", 256, &info,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_ENTER, &found);
+	entry->scopes = datumCopy(scopes, false, -1);
+	/* hash_search may allocate; the copy lives in the cache's context */
+	return entry->scopes;
+}
+
+/*
+ * Trigger on orgs and plans: a change of an org's plan or of a plan's scopes
+ * must reach every backend's plan cache.  A relcache invalidation is sent at
+ * commit (and dropped on rollback), exactly when the change becomes visible.
+ */
+Datum
+flowella_plan_cache_invalidate(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "must be called as a trigger");
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
 }
 
 /* Whether a text[] holds scope. */
@@ -573,6 +703,8 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 
 	flwl_token_hash(tok, len, hash);
 
+	/* see plan changes committed since the last call, even mid-transaction */
+	AcceptInvalidationMessages();
 	if (!vrels.valid)
 		vrels_load();
 
@@ -614,9 +746,6 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 
 			if (code == VC_VALID)
 			{
-				Relation	rel,
-							idx;
-				TupleTableSlot *pslot;
 				Datum		key_scopes;
 				bool		key_scopes_null;
 
@@ -624,31 +753,9 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 				if (!key_scopes_null)
 					key_scopes = PointerGetDatum(PG_DETOAST_DATUM_COPY(key_scopes));
 
-				/* organisation -> plan name */
-				rel = table_open(vrels.orgs, AccessShareLock);
-				idx = index_open(vrels.orgs_pkey, AccessShareLock);
-				pslot = table_slot_create(rel, NULL);
-				if (!probe_unique(rel, idx, F_UUID_EQ, InvalidOid, org_id,
-								  snapshot, pslot))
-					elog(ERROR, "organisation of API key not found");
-				d = PointerGetDatum(PG_DETOAST_DATUM_COPY(slot_getattr(pslot, vrels.o_plan, &isnull)));
-				ExecDropSingleTupleTableSlot(pslot);
-				index_close(idx, AccessShareLock);
-				table_close(rel, AccessShareLock);
-
-				/* plan name -> plan scopes */
-				rel = table_open(vrels.plans, AccessShareLock);
-				idx = index_open(vrels.plans_pkey, AccessShareLock);
-				pslot = table_slot_create(rel, NULL);
-				if (!probe_unique(rel, idx, F_TEXTEQ, C_COLLATION_OID, d,
-								  snapshot, pslot))
-					elog(ERROR, "plan of API key not found");
 				scopes = flwl_effective_scopes(key_scopes, key_scopes_null,
-										  PointerGetDatum(PG_DETOAST_DATUM_COPY(slot_getattr(pslot, vrels.p_scopes, &isnull))));
+											   plan_scopes_of_org(org_id, snapshot));
 				scopes_null = false;
-				ExecDropSingleTupleTableSlot(pslot);
-				index_close(idx, AccessShareLock);
-				table_close(rel, AccessShareLock);
 
 				if (!PG_ARGISNULL(1) &&
 					!flwl_scopes_contain(scopes, PG_GETARG_TEXT_PP(1)))
