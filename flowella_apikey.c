@@ -138,6 +138,9 @@ static const char *const verify_code_names[] = {
 	"VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE"
 };
 
+static text *verify_code_texts[lengthof(verify_code_names)];
+static text *mode_texts[FLWL_MODE_TEST + 1];
+
 /*---- Function declarations ----*/
 
 void		_PG_init(void);
@@ -513,6 +516,7 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 	Datum		plan,
 				scopes;
 	bool		found;
+	MemoryContext oldcxt;
 
 	if (plan_cache != NULL)
 	{
@@ -548,8 +552,9 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
 	entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_ENTER, &found);
+	oldcxt = MemoryContextSwitchTo(plan_cache_cxt);
 	entry->scopes = datumCopy(scopes, false, -1);
-	/* hash_search may allocate; the copy lives in the cache's context */
+	MemoryContextSwitchTo(oldcxt);
 	return entry->scopes;
 }
 
@@ -632,7 +637,17 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 
 	if (tupdesc == NULL)
 	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+
+		/* the constant texts of the result, made once per backend */
+		if (verify_code_texts[0] == NULL)
+		{
+			for (size_t i = 0; i < lengthof(verify_code_names); i++)
+				verify_code_texts[i] = cstring_to_text(verify_code_names[i]);
+			mode_texts[FLWL_MODE_LIVE] = cstring_to_text(flwl_mode_name(FLWL_MODE_LIVE));
+			mode_texts[FLWL_MODE_TEST] = cstring_to_text(flwl_mode_name(FLWL_MODE_TEST));
+		}
+		MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
 
 		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 			elog(ERROR, "return type must be a row type");
@@ -643,7 +658,7 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 
 	values[0] = BoolGetDatum(code == VC_VALID);
 	nulls[0] = false;
-	values[1] = CStringGetTextDatum(verify_code_names[code]);
+	values[1] = PointerGetDatum(verify_code_texts[code]);
 	nulls[1] = false;
 	values[2] = key_id;
 	nulls[2] = !known;
@@ -651,7 +666,7 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 	nulls[3] = !known;
 	values[4] = scopes;
 	nulls[4] = scopes_null;
-	values[5] = known ? CStringGetTextDatum(flwl_mode_name(mode)) : (Datum) 0;
+	values[5] = known ? PointerGetDatum(mode_texts[mode]) : (Datum) 0;
 	nulls[5] = !known;
 
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));

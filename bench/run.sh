@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Benchmark of apikey_verify and apikey_create against a bare index lookup and
+# a hand-written plpgsql + pgcrypto version, in one throwaway cluster.
+# Prints TPS and ratios; timings are noisy, so read the ratios, not the TPS.
+#
+#   bash bench/run.sh            # build, install, run (about 8 minutes)
+#   BENCH_SECONDS=5 bash bench/run.sh   # shorter runs
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${BENCH_INSIDE:-}" ]; then
+    source "$here/scripts/deps.sh"
+    export BENCH_INSIDE=1
+    exec pg_virtualenv -t -o shared_preload_libraries=flowella_apikey \
+        -o flowella.usage_flush_interval=2 -o max_connections=50 \
+        bash "$here/bench/run.sh"
+fi
+
+cd "$here/bench"
+secs=${BENCH_SECONDS:-15}
+owner=11111111-1111-4111-8111-111111111111
+psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+setup_db() {   # db
+    createdb "$1"
+    psql_q -d "$1" <<SQL
+SET client_min_messages = warning;
+CREATE EXTENSION pgcrypto;
+CREATE EXTENSION flowella_apikey;
+SELECT flowella.plan_set('pro', ARRAY['messages:send','messages:read','analytics:read'], true);
+CREATE TABLE orgs AS
+  SELECT i, flowella.org_create('org ' || i, 'pro', '$owner') AS org_id
+    FROM generate_series(0, 999) i;
+CREATE TABLE t (i int PRIMARY KEY, token text NOT NULL);
+SQL
+    psql_q -d "$1" -f baseline.sql
+}
+
+# create n keys with function fn, tokens of the first 10000 into t if asked
+create_keys() {   # db fn n offset keep
+    psql_q -d "$1" <<SQL
+SET client_min_messages = warning;
+BEGIN;
+SELECT flowella.set_actor('$owner') \gset
+CREATE TEMP TABLE new_keys AS
+  SELECT g.i, k.token
+    FROM generate_series($4 + 1, $4 + $3) g(i)
+    JOIN orgs o ON o.i = g.i % 1000,
+         LATERAL $2(o.org_id, 'key ' || g.i, ARRAY['messages:send']) k;
+INSERT INTO t SELECT i - $4, token FROM new_keys WHERE $5 AND i - $4 <= 10000;
+COMMIT;
+SQL
+}
+
+timed() {   # prints seconds taken by the command
+    local s e
+    s=$(date +%s.%N); "$@" >/dev/null; e=$(date +%s.%N)
+    echo "$e - $s" | bc -l
+}
+
+tps() {   # db script
+    pgbench -n -M prepared -c 4 -j 2 -T "$secs" -f "$2" "$1" 2>/dev/null |
+        sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
+}
+
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r); PostgreSQL $(psql -XAtc 'show server_version')"
+echo "pgbench -M prepared -c 4 -j 2 -T $secs; two rounds A B A B"
+echo
+
+setup_db bench
+echo "== creating 100 000 keys: 4 x 25 000, plpgsql baseline and apikey_create alternating"
+c1=$(timed create_keys bench bench.apikey_create 25000 100000 false)
+d1=$(timed create_keys bench flowella.apikey_create 25000 0 true)
+c2=$(timed create_keys bench bench.apikey_create 25000 125000 false)
+d2=$(timed create_keys bench flowella.apikey_create 25000 25000 false)
+printf "plpgsql create : %.1f s, %.1f s   (%.0f keys/s)\n" "$c1" "$c2" "$(echo "50000 / ($c1 + $c2)" | bc -l)"
+printf "apikey_create  : %.1f s, %.1f s   (%.0f keys/s)\n" "$d1" "$d2" "$(echo "50000 / ($d1 + $d2)" | bc -l)"
+create_ratio=$(echo "scale=2; ($c1 + $c2) / ($d1 + $d2)" | bc -l)
+echo "apikey_create speed / plpgsql create speed = $create_ratio   (target >= 1.5)"
+psql_q -d bench -c "VACUUM ANALYZE"
+echo "keys in table: $(psql -XAt -d bench -c 'SELECT count(*) FROM flowella.api_keys')"
+echo
+
+echo "== verify at 100 000 keys"
+declare -A r1 r2
+for s in a_floor b_lookup c_plpgsql d_verify; do r1[$s]=$(tps bench $s.sql); done
+for s in a_floor b_lookup c_plpgsql d_verify; do r2[$s]=$(tps bench $s.sql); done
+declare -A avg
+for s in a_floor b_lookup c_plpgsql d_verify; do
+    avg[$s]=$(echo "(${r1[$s]} + ${r2[$s]}) / 2" | bc -l)
+    printf "%-10s  %9.0f %9.0f  mean %9.0f TPS\n" "$s" "${r1[$s]}" "${r2[$s]}" "${avg[$s]}"
+done
+echo "(d) / (b) = $(ratio "${avg[d_verify]}" "${avg[b_lookup]}")   (target >= 0.9)"
+echo "(d) / (c) = $(ratio "${avg[d_verify]}" "${avg[c_plpgsql]}")   (target >= 1.4)"
+echo "(b) / (a) = $(ratio "${avg[b_lookup]}" "${avg[a_floor]}")"
+echo
+
+echo "== verify at 10 000 keys vs 1 000 000 keys"
+setup_db small
+create_keys small flowella.apikey_create 10000 0 true
+psql_q -d small -c "VACUUM ANALYZE"
+# filler rows up to 1 000 000 keys: a superuser INSERT without actor (the
+# restore path), with random prefixes and hashes no token matches
+psql_q -d bench <<'SQL'
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by)
+SELECT o.org_id, 'filler', 'flwl_live_' || lpad(to_hex(g.i), 8, 'x'), gen_random_bytes(32), 'live', o.org_id
+  FROM generate_series(1, 1000000 - (SELECT count(*) FROM flowella.api_keys)) g(i)
+  JOIN orgs o ON o.i = g.i % 1000
+ON CONFLICT DO NOTHING;
+VACUUM ANALYZE flowella.api_keys;
+SQL
+echo "keys: small $(psql -XAt -d small -c 'SELECT count(*) FROM flowella.api_keys'), large $(psql -XAt -d bench -c 'SELECT count(*) FROM flowella.api_keys')"
+s1=$(tps small d_verify.sql); l1=$(tps bench d_verify.sql)
+s2=$(tps small d_verify.sql); l2=$(tps bench d_verify.sql)
+small=$(echo "($s1 + $s2) / 2" | bc -l); large=$(echo "($l1 + $l2) / 2" | bc -l)
+printf "d_verify @10k  %9.0f %9.0f  mean %9.0f TPS\n" "$s1" "$s2" "$small"
+printf "d_verify @1M   %9.0f %9.0f  mean %9.0f TPS\n" "$l1" "$l2" "$large"
+echo "(d @1M) / (d @10k) = $(ratio "$large" "$small")   (target >= 0.9)"
+echo
+
+echo "== 2 000 verifies of one hot key (flush interval 2 s)"
+before=$(psql -XAt -d small -c "SELECT rows_updated FROM flowella.usage_stats()")
+psql_q -d small -c "SELECT count(*) FROM t, generate_series(1, 2000) WHERE t.i = 1 AND (flowella.apikey_verify(t.token)).valid" >/dev/null
+sleep 5
+after=$(psql -XAt -d small -c "SELECT rows_updated FROM flowella.usage_stats()")
+echo "row updates for 2 000 verifies of one key: $((after - before))   (target <= 1)"
