@@ -81,40 +81,24 @@ $$;
 
 /*---- Validation helpers used by constraints ----*/
 
--- A scope name: lower-case segments separated by colons, e.g. messages:send.
-CREATE FUNCTION flowella.scope_name_ok(scope text)
-RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT pg_catalog.char_length(scope) OPERATOR(pg_catalog.<=) 64
-	   AND scope OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_.-]*(:[a-z0-9_.-]+)*$'
-$$;
-
--- A scope set: one-dimensional, no NULLs, every name well formed.
-CREATE FUNCTION flowella.scope_set_ok(scopes text[])
-RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT pg_catalog.array_ndims(scopes) IS NULL
-	    OR (pg_catalog.array_ndims(scopes) OPERATOR(pg_catalog.=) 1
-	        AND NOT pg_catalog.array_position(scopes, NULL) IS NOT NULL
-	        AND (SELECT pg_catalog.bool_and(flowella.scope_name_ok(s))
-	               FROM pg_catalog.unnest(scopes) AS s))
-$$;
-
--- A label or organisation name: 1-100 characters, not blank, no control
--- characters.  The C functions apply a stricter check with a precise detail.
+/*
+ * Row validators for CHECK constraints, in C: the same code the API
+ * functions validate their arguments with, so a direct INSERT by the owner
+ * cannot store what the API would refuse.
+ */
+-- A label or organisation name: 1-100 characters, not blank, no control,
+-- invisible or bidirectional formatting characters, no embedded token.
 CREATE FUNCTION flowella.label_ok(label text)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT pg_catalog.char_length(label) OPERATOR(pg_catalog.<=) 100
-	   AND pg_catalog.btrim(label) OPERATOR(pg_catalog.<>) ''
-	   AND label OPERATOR(pg_catalog.!~) '[[:cntrl:]]'
-$$;
+AS 'MODULE_PATHNAME', 'flowella_label_ok'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+-- A scope set: one-dimensional, no NULLs, every name well formed
+-- (lower-case segments separated by colons, e.g. messages:send).
+CREATE FUNCTION flowella.scope_set_ok(scopes text[])
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'flowella_scope_set_ok'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 /*---- Tables ----*/
 
@@ -534,15 +518,19 @@ ALTER TABLE flowella.orgs ENABLE ALWAYS TRIGGER orgs_cache_invalidate;
  * Audit trail: one record per change, in the changing transaction, with the
  * actor set by set_actor.  Details hold old/new values, never hash or token.
  */
-CREATE FUNCTION flowella.audit_write(org_id uuid, key_id uuid, action text, details jsonb)
+-- plpgsql, not sql: its INSERT is planned once per session, not per call.
+CREATE FUNCTION flowella.audit_write(p_org_id uuid, p_key_id uuid, p_action text,
+									 p_details jsonb)
 RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
+BEGIN
 	INSERT INTO flowella.audit_records
 		(org_id, key_id, action, actor_user_id, actor_ip, trace_context, details)
-	VALUES ($1, $2, $3, flowella.actor_user_id(), flowella.actor_ip(),
-			flowella.actor_traceparent(), $4)
+	VALUES (p_org_id, p_key_id, p_action, flowella.actor_user_id(), flowella.actor_ip(),
+			flowella.actor_traceparent(), p_details);
+END
 $$;
 
 CREATE FUNCTION flowella.api_keys_audit()

@@ -189,6 +189,8 @@ PG_FUNCTION_INFO_V1(flowella_org_create);
 PG_FUNCTION_INFO_V1(flowella_member_set);
 PG_FUNCTION_INFO_V1(flowella_member_remove);
 PG_FUNCTION_INFO_V1(flowella_plan_set);
+PG_FUNCTION_INFO_V1(flowella_label_ok);
+PG_FUNCTION_INFO_V1(flowella_scope_set_ok);
 
 /*---- SPI helpers ----*/
 
@@ -275,21 +277,58 @@ require_arg(FunctionCallInfo fcinfo, int argno, const char *field)
 				 errdetail("The %s must not be null.", field)));
 }
 
+/* What is wrong with a label or organisation name, or NULL. */
+static const char *
+label_problem(text *t)
+{
+	char	   *utf8 = pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
+
+	return flwl_label_problem(utf8, (utf8 == VARDATA_ANY(t)) ?
+							  VARSIZE_ANY_EXHDR(t) : strlen(utf8));
+}
+
 /* Labels and organisation names: see flwl_label_problem. */
 static void
 check_label(FunctionCallInfo fcinfo, int argno, const char *field)
 {
-	text	   *t;
-	char	   *utf8;
 	const char *problem;
 
 	require_arg(fcinfo, argno, field);
-	t = PG_GETARG_TEXT_PP(argno);
-	utf8 = pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
-	problem = flwl_label_problem(utf8, (utf8 == VARDATA_ANY(t)) ?
-								 VARSIZE_ANY_EXHDR(t) : strlen(utf8));
+	problem = label_problem(PG_GETARG_TEXT_PP(argno));
 	if (problem != NULL)
 		invalid_argument(field, problem);
+}
+
+/* label_ok(text): the CHECK of labels and organisation names. */
+Datum
+flowella_label_ok(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(label_problem(PG_GETARG_TEXT_PP(0)) == NULL);
+}
+
+/* scope_set_ok(text[]): the CHECK of stored scope sets. */
+Datum
+flowella_scope_set_ok(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (ARR_NDIM(arr) > 1)
+		PG_RETURN_BOOL(false);
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		text	   *e;
+
+		if (nulls[i])
+			PG_RETURN_BOOL(false);
+		e = DatumGetTextPP(elems[i]);
+		if (flwl_scope_name_problem(VARDATA_ANY(e), VARSIZE_ANY_EXHDR(e)) != NULL)
+			PG_RETURN_BOOL(false);
+	}
+	PG_RETURN_BOOL(true);
 }
 
 static FlwlMode
