@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install, build, and run the whole test suite (pg_regress + isolation) in a
-# throwaway cluster started with the library preloaded, as in production.
+# Install, build, and run the whole test suite: pg_regress and isolation
+# specs (make installcheck) in a throwaway cluster started with the library
+# preloaded, as in production, then the TAP tests in t/.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$here/scripts/deps.sh"
@@ -11,17 +12,24 @@ status=0
 pg_virtualenv -t -o shared_preload_libraries=flowella_apikey \
     make -s installcheck PG_CONFIG="$PG_CONFIG" > regression.log 2>&1 || status=$?
 grep -E '^(ok|not ok|test |     |=+|\s*All|\s*[0-9]+ of)' regression.log | grep -v ' LOG: ' || true
-
-passed=$(grep -cE '^ok ' regression.log || true)
-failed=$(grep -cE '^not ok ' regression.log || true)
-if [ "$passed" -eq 0 ] && [ "$failed" -eq 0 ]; then
-    # pg_regress before 16 prints "test name ... ok"
-    passed=$(grep -cE '\.\.\. ok|\.\.\.+ *ok' regression.log || true)
-    failed=$(grep -cE '\.\.\. FAILED|\.\.\.+ *FAILED' regression.log || true)
-fi
+passed=$(grep -cE '\.\.\. +ok|^ok ' regression.log || true)
+failed=$(grep -cE '\.\.\. +FAILED|^not ok ' regression.log || true)
 for d in regression.diffs output_iso/regression.diffs; do
     [ -s "$d" ] && { echo "---- $d"; cat "$d"; }
 done
 [ "$status" -eq 0 ] || tail -n 40 regression.log
+
+tap_status=0
+bash scripts/tap.sh > tap.log 2>&1 || tap_status=$?
+grep -E '^(t/|All tests|Files=|Result:)|Failed test' tap.log || true
+tap_total=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\),.*/\1/p' tap.log)
+tap_failed=$(grep -c '^not ok' tap.log || true)
+if [ "$tap_status" -ne 0 ]; then
+    tail -n 60 tap.log
+    [ "$tap_failed" -gt 0 ] || tap_failed=1
+    status=1
+fi
+passed=$((passed + ${tap_total:-0} - tap_failed))
+failed=$((failed + tap_failed))
 echo "$passed passed, $failed failed"
 exit "$status"

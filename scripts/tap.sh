@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run the TAP tests in t/ (PostgreSQL::Test::Cluster from the PGXS install).
+# initdb refuses root, so as root they run as the postgres OS user, in a
+# scratch copy of t/ that user may write to.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bindir=$(/usr/lib/postgresql/15/bin/pg_config --bindir)
+pgxs=$(dirname "$(dirname "$(/usr/lib/postgresql/15/bin/pg_config --pgxs)")")
+work=$(mktemp -d /tmp/flowella_tap.XXXXXX)
+cp -r "$here/t" "$work/"
+run=()
+if [ "$(id -u)" -eq 0 ]; then
+    chown -R postgres: "$work"
+    run=(runuser -u postgres --)
+fi
+cd "$work"
+status=0
+"${run[@]}" env PATH="$bindir:$PATH" TESTDIR="$work" PG_REGRESS="$pgxs/test/regress/pg_regress" \
+    prove -I "$pgxs/test/perl" -I "$work" t/*.pl || status=$?
+if [ "$status" -ne 0 ]; then
+    tail -n 50 "$work"/tmp_check/log/regress_log_* 2>/dev/null || true
+fi
+rm -rf "$work"
+exit "$status"

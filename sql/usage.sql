@@ -1,0 +1,93 @@
+--
+-- Last-used tracking (SPEC section 6): uses are noted in shared memory and
+-- flushed to api_keys.last_used_at by a background worker, at most once per
+-- key per flush interval.  Verify itself writes nothing.
+--
+-- A short interval keeps this file fast; the guarantee is the same.
+ALTER SYSTEM SET flowella.usage_flush_interval = 2;
+SELECT pg_reload_conf();
+
+-- Wait until the tracker has flushed at least one more time than before.
+CREATE FUNCTION regress_wait_for_flush() RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+	start bigint := (SELECT flushes FROM flowella.usage_stats());
+BEGIN
+	FOR i IN 1..300 LOOP
+		IF (SELECT flushes FROM flowella.usage_stats()) > start THEN
+			RETURN true;
+		END IF;
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+	RETURN false;
+END
+$$;
+
+SET ROLE regress_admin;
+SELECT flowella.org_create('Usage Ltd', 'pro', 'a1000000-0000-4000-8000-000000000001') AS org \gset
+RESET ROLE;
+
+SET ROLE regress_manager;
+BEGIN;
+SELECT flowella.set_actor('a1000000-0000-4000-8000-000000000001') \gset
+SELECT key_id AS hot_id, token AS hot FROM flowella.apikey_create(:'org', 'hot key') \gset
+SELECT key_id AS idle_id, token AS idle FROM flowella.apikey_create(:'org', 'idle key') \gset
+SELECT key_id AS warm_id, token AS warm FROM flowella.apikey_create(:'org', 'warm key') \gset
+COMMIT;
+RESET ROLE;
+
+-- The tracker runs: the library is preloaded.
+SELECT pending IS NOT NULL AS preloaded FROM flowella.usage_stats();
+
+-- A failed or refused verify is not a use.
+SELECT code FROM flowella.apikey_verify(:'idle', 'channels:manage');
+
+-- Line up right after a flush, so the next interval is wholly ahead of us.
+SELECT code FROM flowella.apikey_verify(:'warm');
+SELECT regress_wait_for_flush() AS flushed;
+SELECT rows_updated AS updated_before FROM flowella.usage_stats() \gset
+
+-- 2 000 uses of one key within one interval...
+SELECT count(*) FILTER (WHERE (flowella.apikey_verify(:'hot')).valid) AS valid_uses
+  FROM generate_series(1, 2000);
+-- ...verify wrote no row itself: last_used_at is still empty,
+SELECT last_used_at IS NULL AS not_yet_written
+  FROM flowella.api_keys WHERE key_id = :'hot_id';
+-- ...and after the next flush it is set, by exactly one row update.
+SELECT regress_wait_for_flush() AS flushed;
+SELECT rows_updated - :updated_before AS row_updates FROM flowella.usage_stats();
+SELECT last_used_at > now() - interval '1 minute' AS recent,
+       last_used_at <= clock_timestamp() AS not_in_future
+  FROM flowella.api_keys WHERE key_id = :'hot_id';
+-- the refused key was never marked used; the warm one was
+SELECT label, last_used_at IS NOT NULL AS used
+  FROM flowella.api_keys WHERE org_id = :'org' ORDER BY label;
+
+-- The list shows it to the owner.
+SET ROLE regress_manager;
+BEGIN;
+SELECT flowella.set_actor('a1000000-0000-4000-8000-000000000001') \gset
+SELECT label, last_used_at IS NOT NULL AS used FROM flowella.apikey_list(:'org') ORDER BY label;
+COMMIT;
+RESET ROLE;
+
+-- Verify works in a READ ONLY transaction, and the use still lands.
+SELECT last_used_at AS hot_before FROM flowella.api_keys WHERE key_id = :'hot_id' \gset
+SELECT pg_sleep(0.01);
+BEGIN TRANSACTION READ ONLY;
+SELECT valid, code FROM flowella.apikey_verify(:'hot');
+COMMIT;
+SET default_transaction_read_only = on;
+SELECT valid, code FROM flowella.apikey_verify(:'hot');
+RESET default_transaction_read_only;
+SELECT regress_wait_for_flush() AS flushed;
+SELECT last_used_at > :'hot_before' AS moved_forward
+  FROM flowella.api_keys WHERE key_id = :'hot_id';
+
+-- The interval cannot be set above 60 seconds.
+ALTER SYSTEM SET flowella.usage_flush_interval = 61;
+\echo :LAST_ERROR_SQLSTATE
+
+ALTER SYSTEM RESET flowella.usage_flush_interval;
+SELECT pg_reload_conf();
+DROP FUNCTION regress_wait_for_flush();
