@@ -109,11 +109,30 @@ flwl_mode_from_name(const char *name, size_t len)
 void
 flwl_token_generate(FlwlMode mode, char *buf)
 {
+	unsigned char pool[64];
+	size_t		used = sizeof(pool);
+
 	memcpy(buf, mode == FLWL_MODE_TEST ? test_head : live_head, FLWL_HEAD_LEN);
 
-	/* randombytes_uniform rejects biased draws: every digit is uniform */
-	for (int i = FLWL_HEAD_LEN; i < FLWL_TOKEN_LEN - FLWL_CHECK_LEN; i++)
-		buf[i] = base62_digits[randombytes_uniform(62)];
+	/*
+	 * One CSPRNG call fills a pool; bytes of 248 and above are rejected so
+	 * that byte % 62 is uniform (248 = 4 * 62).  40 digits need about 41.3
+	 * bytes on average, so the pool is rarely refilled.
+	 */
+	for (int i = FLWL_HEAD_LEN; i < FLWL_TOKEN_LEN - FLWL_CHECK_LEN;)
+	{
+		unsigned char b;
+
+		if (used == sizeof(pool))
+		{
+			randombytes_buf(pool, sizeof(pool));
+			used = 0;
+		}
+		b = pool[used++];
+		if (b < 248)
+			buf[i++] = base62_digits[b % 62];
+	}
+	sodium_memzero(pool, sizeof(pool));
 
 	checksum_digits(buf, buf + FLWL_TOKEN_LEN - FLWL_CHECK_LEN);
 }
