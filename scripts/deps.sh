@@ -4,7 +4,8 @@
 # package is missing.  Sourced by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 
-packages=(postgresql-15 postgresql-server-dev-15 libsodium-dev build-essential libipc-run-perl)
+packages=(postgresql-15 postgresql-server-dev-15 libsodium-dev build-essential libipc-run-perl
+          libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install, build, and run the whole test suite: pg_regress and isolation
 # specs (make installcheck) in a throwaway cluster started with the library
-# preloaded, as in production, then the TAP tests in t/.
+# preloaded, as in production, then the TAP tests in t/ and a short fuzzing
+# run (fuzz/).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$here/scripts/deps.sh"
@@ -31,5 +32,15 @@ if [ "$tap_status" -ne 0 ]; then
 fi
 passed=$((passed + ${tap_total:-0} - tap_failed))
 failed=$((failed + tap_failed))
+
+# a short fuzzing run of the codec and validators (ASan + UBSan)
+if make -s -C fuzz run > fuzz.log 2>&1; then
+    grep -E '^Done [0-9]+ runs' fuzz.log || true
+    passed=$((passed + 1))
+else
+    tail -n 40 fuzz.log
+    failed=$((failed + 1))
+    status=1
+fi
 echo "$passed passed, $failed failed"
 exit "$status"
