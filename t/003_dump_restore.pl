@@ -1,0 +1,127 @@
+# Dump and restore (SPEC section 8): pg_dump -> pg_restore into a new
+# database gives back the same keys (every token verifies the same), the
+# same audit records with the same numbers, the same last-used values, and
+# row-level security, guards and privileges still hold.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('dump');
+$node->init;
+$node->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'flowella_apikey'
+flowella.usage_flush_interval = 1
+});
+$node->start;
+
+my $owner = 'd1000000-0000-4000-8000-000000000001';
+my $other = 'd2000000-0000-4000-8000-000000000002';
+$node->safe_psql('postgres', qq{
+	CREATE EXTENSION flowella_apikey;
+	CREATE ROLE regress_mgr;
+	GRANT flowella_apikey_manager TO regress_mgr;
+	SELECT flowella.plan_set('pro', ARRAY['messages:send', 'messages:read', 'analytics:read'], true);
+	SELECT flowella.org_create('First Ltd', 'pro', '$owner');
+	SELECT flowella.org_create('Second Ltd', 'pro', '$other');
+	SELECT flowella.member_set((SELECT org_id FROM flowella.orgs WHERE name = 'First Ltd'),
+							   '$other', 'admin');
+});
+
+# five keys in the first org, two revoked, one with changed scopes, one expiring
+my @tokens;
+for my $i (1 .. 5)
+{
+	my $expiry = $i == 5 ? "now() + interval '30 days'" : 'NULL';
+	my $out = $node->safe_psql('postgres', qq{
+		BEGIN;
+		SELECT flowella.set_actor('$owner', '192.0.2.$i',
+			'00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333$i-01');
+		SELECT token FROM flowella.apikey_create(
+			(SELECT org_id FROM flowella.orgs WHERE name = 'First Ltd'),
+			'key $i', ARRAY['messages:send', 'messages:read'], 'live', $expiry);
+		COMMIT;
+	});
+	push @tokens, (grep { /^flwl_/ } split /\n/, $out)[0];
+}
+$node->safe_psql('postgres', qq{
+	BEGIN;
+	SELECT flowella.set_actor('$owner');
+	SELECT flowella.apikey_revoke(key_id) FROM flowella.api_keys WHERE label IN ('key 1', 'key 2');
+	SELECT flowella.apikey_set_scopes(key_id, ARRAY['messages:read'])
+	  FROM flowella.api_keys WHERE label = 'key 3';
+	COMMIT;
+});
+# uses, flushed to last_used_at
+$node->safe_psql('postgres', "SELECT flowella.apikey_verify('$_')") for @tokens;
+$node->poll_query_until('postgres',
+	"SELECT count(*) = 3 FROM flowella.api_keys WHERE last_used_at IS NOT NULL")
+  or die 'last uses were not flushed';
+
+my $verify_all = join("\nUNION ALL\n", map {
+	"SELECT $_ AS n, code, key_id, scopes FROM flowella.apikey_verify('$tokens[$_]')"
+} 0 .. $#tokens) . "\nORDER BY n";
+my %snap = (
+	keys => q{SELECT key_id, org_id, label, prefix, encode(secret_hash, 'hex'), scopes, mode,
+				created_at, created_by, last_used_at, expires_at, revoked_at, revoked_by
+			  FROM flowella.api_keys ORDER BY key_id},
+	audit => q{SELECT event_id, org_id, key_id, action, actor_user_id, actor_ip,
+				 trace_context, occurred_at, details FROM flowella.audit_records ORDER BY event_id},
+	members => 'SELECT org_id, user_id, role FROM flowella.members ORDER BY 1, 2',
+	verify => $verify_all,
+);
+my %before = map { $_ => $node->safe_psql('postgres', $snap{$_}) } keys %snap;
+
+my $dump = "$PostgreSQL::Test::Utils::tmp_check/flowella.dump";
+$node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, 'postgres' ], 'pg_dump');
+$node->safe_psql('postgres', 'CREATE DATABASE restored');
+$node->command_ok([ 'pg_restore', '--exit-on-error', '-d', 'restored', $dump ], 'pg_restore');
+
+for my $what (sort keys %snap)
+{
+	is($node->safe_psql('restored', $snap{$what}), $before{$what},
+		"$what are the same after restore");
+}
+like($before{verify}, qr/REVOKED/, 'the compared verifications include REVOKED');
+is($node->safe_psql('restored', 'SELECT count(*) FROM flowella.audit_records'),
+	$node->safe_psql('postgres', 'SELECT count(*) FROM flowella.audit_records'),
+	'restoring wrote no extra audit record');
+
+# numbering goes on where it stopped
+my $last = $node->safe_psql('restored', 'SELECT max(event_id) FROM flowella.audit_records');
+$node->safe_psql('restored', qq{
+	BEGIN;
+	SELECT flowella.set_actor('$owner');
+	SELECT flowella.apikey_revoke(key_id) FROM flowella.api_keys WHERE label = 'key 4';
+	COMMIT;
+});
+is($node->safe_psql('restored', 'SELECT max(event_id) FROM flowella.audit_records'),
+	$last + 1, 'the next audit record follows the restored ones');
+
+# security still holds
+is($node->safe_psql('restored', q{
+	SELECT string_agg(relname || ':' || relrowsecurity || relforcerowsecurity, ' ' ORDER BY relname)
+	  FROM pg_class WHERE relnamespace = 'flowella'::regnamespace AND relkind = 'r'}),
+	'api_keys:truetrue audit_records:truetrue members:truetrue orgs:truetrue plans:truetrue',
+	'row-level security enabled and forced on every table');
+is($node->safe_psql('restored', q{
+	SELECT count(*) FROM pg_trigger
+	 WHERE tgrelid IN ('flowella.api_keys'::regclass, 'flowella.audit_records'::regclass)
+	   AND tgname LIKE '%guard' AND tgenabled = 'A'}),
+	'4', 'the guards are enabled always');
+my ($ret, $out, $err) = $node->psql('restored', 'DELETE FROM flowella.audit_records');
+like($err, qr/not allowed/, 'the audit trail is still append-only');
+is($node->safe_psql('restored', qq{
+	SET ROLE regress_mgr;
+	BEGIN;
+	SELECT flowella.set_actor('$other');
+	SELECT string_agg(name, ',' ORDER BY name) FROM flowella.orgs;
+	COMMIT;
+}), "\nFirst Ltd,Second Ltd", 'a manager sees the orgs its actor manages');
+($ret, $out, $err) = $node->psql('restored',
+	'SET ROLE regress_mgr; SELECT secret_hash FROM flowella.api_keys');
+like($err, qr/permission denied/, 'secret_hash stays unreadable');
+
+$node->stop;
+done_testing();
