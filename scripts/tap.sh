@@ -20,5 +20,5 @@ status=0
 if [ "$status" -ne 0 ]; then
     tail -n 50 "$work"/tmp_check/log/regress_log_* 2>/dev/null || true
 fi
-rm -rf "$work"
+[ -n "${KEEP_TAP:-}" ] || rm -rf "$work"; echo "tap dir $work"
 exit "$status"

@@ -1,0 +1,146 @@
+# Crash safety: creates, revokes and verifies run under load, the
+# postmaster is killed with SIGKILL and restarted.  Every committed create
+# and revoke is there with its audit record, nothing uncommitted is, and a
+# revoke committed before the crash stays revoked.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+
+my $node = PostgreSQL::Test::Cluster->new('crash');
+$node->init;
+$node->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'flowella_apikey'
+flowella.usage_flush_interval = 1
+restart_after_crash = off
+});
+$node->start;
+
+my $owner = 'e1000000-0000-4000-8000-000000000001';
+$node->safe_psql('postgres', qq{
+	CREATE EXTENSION flowella_apikey;
+	SELECT flowella.plan_set('pro', ARRAY['messages:send'], true);
+	SELECT flowella.org_create('Crash Ltd', 'pro', '$owner');
+});
+my $org = $node->safe_psql('postgres', 'SELECT org_id FROM flowella.orgs');
+
+sub create_key
+{
+	my ($label) = @_;
+	my $out = $node->safe_psql('postgres', qq{
+		BEGIN;
+		SELECT flowella.set_actor('$owner');
+		SELECT key_id || ' ' || token FROM flowella.apikey_create('$org', '$label');
+		COMMIT;
+	});
+	return split / /, (grep { /flwl_/ } split /\n/, $out)[0];
+}
+
+# acknowledged before the crash: two keys, one of them revoked
+my ($kept_id, $kept_token) = create_key('kept');
+my ($gone_id, $gone_token) = create_key('revoked before crash');
+$node->safe_psql('postgres', qq{
+	BEGIN;
+	SELECT flowella.set_actor('$owner');
+	SELECT flowella.apikey_revoke('$gone_id');
+	COMMIT;
+});
+
+# load: every transaction creates a key and revokes every other one, and
+# verifies the kept token
+my $script = "$PostgreSQL::Test::Utils::tmp_check/load.sql";
+PostgreSQL::Test::Utils::append_to_file($script, qq{
+BEGIN;
+SELECT flowella.set_actor('$owner');
+SELECT flowella.apikey_revoke(k.key_id) FROM flowella.apikey_create('$org', 'load') k
+ WHERE random() < 0.5;
+COMMIT;
+SELECT code FROM flowella.apikey_verify('$kept_token');
+});
+my ($lout, $lerr) = ('', '');
+my $load = IPC::Run::start(
+	[ 'pgbench', '-n', '-c', '4', '-j', '2', '-T', '60', '-f', $script,
+	  '-h', $node->host, '-p', $node->port, 'postgres' ],
+	'>', \$lout, '2>', \$lerr);
+
+# uncommitted at the crash: a new key and a revoke of the kept key
+my $open = $node->background_psql('postgres');
+$open->query_safe("BEGIN");
+$open->query_safe("SELECT flowella.set_actor('$owner')");
+my $pending_id = $open->query_safe(
+	"SELECT key_id FROM flowella.apikey_create('$org', 'uncommitted')");
+$open->query_safe("SELECT flowella.apikey_revoke('$kept_id')");
+
+$node->poll_query_until('postgres',
+	"SELECT count(*) >= 50 FROM flowella.api_keys WHERE label = 'load'")
+  or die 'the load did not run';
+
+my $pm_pid = $node->{_pid};
+$node->kill9;
+$load->finish;
+$open->{run}->kill_kill;
+
+# The killed postmaster may linger as a zombie where PID 1 does not reap
+# orphans (containers); its children exit on their own.  Once none is left,
+# the stale lock files naming the zombie would block the restart.
+sub zombie_or_gone
+{
+	my $stat = "/proc/$pm_pid/stat";
+	return 1 unless -e $stat;
+	return slurp_file($stat) =~ /^\d+ \(.*\) Z /;
+}
+my $datadir = $node->data_dir;
+for (1 .. 100)
+{
+	last if zombie_or_gone() && `pgrep -f -- '$datadir' | wc -l` == 0;
+	sleep(0.1);
+}
+ok(zombie_or_gone(), 'the postmaster is dead');
+if (-e "/proc/$pm_pid")
+{
+	my $sock = $node->host . '/.s.PGSQL.' . $node->port;
+	unlink("$datadir/postmaster.pid", "$sock.lock", $sock);
+}
+$node->start;
+
+my $q = sub { $node->safe_psql('postgres', shift) };
+
+cmp_ok($q->("SELECT count(*) FROM flowella.api_keys WHERE label = 'load'"), '>=', 50,
+	'keys created under load survived');
+is($q->(q{
+	SELECT count(*) FROM flowella.api_keys k
+	 WHERE NOT EXISTS (SELECT 1 FROM flowella.audit_records a
+					    WHERE a.key_id = k.key_id AND a.action = 'key.created')}),
+	'0', 'every key has its key.created record');
+is($q->(q{
+	SELECT count(*) FROM flowella.api_keys k
+	 WHERE (k.revoked_at IS NOT NULL) <>
+		   EXISTS (SELECT 1 FROM flowella.audit_records a
+				    WHERE a.key_id = k.key_id AND a.action = 'key.revoked')}),
+	'0', 'a key is revoked exactly when it has a key.revoked record');
+is($q->(q{
+	SELECT count(*) FROM (SELECT key_id FROM flowella.audit_records
+						   WHERE action = 'key.revoked' GROUP BY key_id HAVING count(*) > 1) d}),
+	'0', 'no key has two key.revoked records');
+is($q->("SELECT count(*) FROM flowella.api_keys WHERE key_id = '$pending_id'"),
+	'0', 'the uncommitted key is not there');
+is($q->("SELECT count(*) FROM flowella.audit_records WHERE key_id = '$pending_id'"),
+	'0', 'nor its audit record');
+is($q->("SELECT code FROM flowella.apikey_verify('$kept_token')"), 'VALID',
+	'the uncommitted revoke did not happen');
+is($q->("SELECT code FROM flowella.apikey_verify('$gone_token')"), 'REVOKED',
+	'the revoke committed before the crash holds');
+is($q->(q{SELECT count(*) FROM (SELECT event_id FROM flowella.audit_records
+								GROUP BY event_id HAVING count(*) > 1) d}),
+	'0', 'audit event ids are unique');
+
+# the usage worker came back with the server
+$q->("SELECT flowella.apikey_verify('$kept_token')");
+ok($node->poll_query_until('postgres',
+		"SELECT last_used_at IS NOT NULL FROM flowella.api_keys WHERE key_id = '$kept_id'"),
+	'last-used tracking works after the restart');
+
+$node->stop;
+done_testing();
