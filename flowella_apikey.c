@@ -36,6 +36,7 @@
 #include "commands/trigger.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/lockdefs.h"
 #include "utils/array.h"
@@ -212,17 +213,28 @@ actor_xact_callback(XactEvent event, void *arg)
 	}
 }
 
-/* Rolling back a savepoint undoes the set_actor calls made inside it. */
+/*
+ * Rolling back a savepoint undoes the set_actor calls made inside it;
+ * releasing one hands them to the enclosing level, so that a later rollback
+ * of another savepoint at the same level leaves them alone.
+ */
 static void
 actor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					   SubTransactionId parentSubid, void *arg)
 {
-	if (event != SUBXACT_EVENT_ABORT_SUB)
-		return;
+	int			level = GetCurrentTransactionNestLevel();
+	ActorState *a;
 
-	while (current_actor != NULL &&
-		   current_actor->nest_level >= GetCurrentTransactionNestLevel())
-		current_actor = current_actor->prev;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		while (current_actor != NULL && current_actor->nest_level >= level)
+			current_actor = current_actor->prev;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (a = current_actor; a != NULL && a->nest_level >= level; a = a->prev)
+			a->nest_level = level - 1;
+	}
 }
 
 /*
@@ -375,8 +387,8 @@ flwl_quotable(const char *s, size_t len)
 	char	   *out;
 	size_t		n;
 
-	if (len > 200)
-		len = 200;				/* messages quote names, not documents */
+	if (len > 200)				/* messages quote names, not documents */
+		len = pg_mbcliplen(s, len, 200);
 	out = palloc(FLWL_REDACT_MAX(len) + 1);
 	n = flwl_redact(s, len, out);
 	out[n] = '\0';

@@ -79,7 +79,7 @@ static ApiQuery q_org_access = {
 /* $1 key, $2 actor: the key, if the actor manages its org; locked */
 static ApiQuery q_key_access = {
 	"SELECT k.org_id, k.revoked_at, k.scopes, k.label, k.mode,"
-	"       k.expires_at - k.created_at, o.plan, p.scopes"
+	"       k.expires_at, o.plan, p.scopes, k.created_at"
 	"  FROM flowella.api_keys k"
 	"  JOIN flowella.members m ON m.org_id = k.org_id AND m.user_id = $2"
 	"   AND m.role = ANY (ARRAY['owner', 'admin'])"
@@ -102,10 +102,10 @@ static ApiQuery q_insert_key = {
 	"INSERT INTO flowella.api_keys"
 	" (org_id, label, prefix, secret_hash, scopes, mode, created_at,"
 	"  created_by, expires_at, replaces_key_id)"
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9 + $7, $10)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 	" ON CONFLICT DO NOTHING RETURNING key_id",
 	10, {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTARRAYOID, TEXTOID,
-	TIMESTAMPTZOID, UUIDOID, INTERVALOID, UUIDOID}
+	TIMESTAMPTZOID, UUIDOID, TIMESTAMPTZOID, UUIDOID}
 };
 
 static ApiQuery q_revoke = {
@@ -508,13 +508,13 @@ require_key_access(FunctionCallInfo fcinfo, int argno)
 
 /*
  * Mint a key and add it to the result store.  scopes is the set to store
- * (already checked) or NULL; lifetime, when not NULL, is the interval from
- * creation to expiry.  Caller is connected to SPI.
+ * (already checked) or NULL; expires_at NULL means never.  Caller is
+ * connected to SPI.
  */
 static void
 create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 		   Datum label, Datum scopes, bool scopes_null, FlwlMode mode,
-		   Datum lifetime, bool lifetime_null, Datum replaces,
+		   Datum expires_at, bool expires_null, Datum replaces,
 		   bool replaces_null, TimestampTz now)
 {
 	char		token[FLWL_TOKEN_LEN];
@@ -550,8 +550,8 @@ create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 			args[5] = CStringGetTextDatum(flwl_mode_name(mode));
 			args[6] = TimestampTzGetDatum(now);
 			args[7] = UUIDPGetDatum(unconstify(pg_uuid_t *, flwl_require_actor()));
-			args[8] = lifetime;
-			nulls[8] = lifetime_null ? 'n' : ' ';
+			args[8] = expires_at;
+			nulls[8] = expires_null ? 'n' : ' ';
 			args[9] = replaces;
 			nulls[9] = replaces_null ? 'n' : ' ';
 
@@ -599,7 +599,6 @@ apikey_create_body(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTimestamp();
 	FlwlMode	mode;
 	Datum		scopes = (Datum) 0;
-	Datum		lifetime = (Datum) 0;
 	char	   *plan;
 	bool		isnull;
 
@@ -615,13 +614,8 @@ apikey_create_body(PG_FUNCTION_ARGS)
 		scopes = check_key_scopes(PG_GETARG_ARRAYTYPE_P(2),
 								  result_value(2, &isnull), plan);
 
-	if (!PG_ARGISNULL(4))
-		lifetime = DirectFunctionCall2(timestamp_mi,
-									   PG_GETARG_DATUM(4),
-									   TimestampTzGetDatum(now));
-
 	create_key(store, tupdesc, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1),
-			   scopes, PG_ARGISNULL(2), mode, lifetime, PG_ARGISNULL(4),
+			   scopes, PG_ARGISNULL(2), mode, PG_GETARG_DATUM(4), PG_ARGISNULL(4),
 			   (Datum) 0, true, now);
 
 	SPI_finish();
@@ -639,7 +633,7 @@ flowella_apikey_create(PG_FUNCTION_ARGS)
  *
  * The new key takes the old one's org, label, mode and scopes (those its
  * plan still offers) and, if the old key had an expiry, the same lifetime
- * counted from now.  The old key is left as it is, revoked or not: rotation
+ * (exactly, in microseconds) counted from now.  The old key is left as it is, revoked or not: rotation
  * is replace, roll out, revoke.
  */
 static Datum
@@ -652,9 +646,9 @@ apikey_replace_body(PG_FUNCTION_ARGS)
 				label,
 				scopes,
 				mode,
-				lifetime;
+				expires_at;
 	bool		scopes_null,
-				lifetime_null,
+				expires_null,
 				isnull;
 	text	   *mode_text;
 
@@ -665,7 +659,16 @@ apikey_replace_body(PG_FUNCTION_ARGS)
 	scopes = result_value(3, &scopes_null);
 	label = result_value(4, &isnull);
 	mode = result_value(5, &isnull);
-	lifetime = result_value(6, &lifetime_null);
+	expires_at = result_value(6, &expires_null);
+	if (!expires_null)
+	{
+		TimestampTz old_expiry = DatumGetTimestampTz(expires_at);
+		TimestampTz old_created = DatumGetTimestampTz(result_value(9, &isnull));
+
+		/* an infinite expiry stays infinite; a finite one keeps its length */
+		if (!TIMESTAMP_NOT_FINITE(old_expiry))
+			expires_at = TimestampTzGetDatum(now + (old_expiry - old_created));
+	}
 
 	/* a plan downgrade may have taken some of the old key's scopes away */
 	if (!scopes_null)
@@ -683,7 +686,7 @@ apikey_replace_body(PG_FUNCTION_ARGS)
 	mode_text = DatumGetTextPP(mode);
 	create_key(store, tupdesc, org_id, label, scopes, scopes_null,
 			   flwl_mode_from_name(VARDATA_ANY(mode_text), VARSIZE_ANY_EXHDR(mode_text)),
-			   lifetime, lifetime_null, PG_GETARG_DATUM(0), false, now);
+			   expires_at, expires_null, PG_GETARG_DATUM(0), false, now);
 
 	SPI_finish();
 	return (Datum) 0;

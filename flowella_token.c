@@ -218,11 +218,20 @@ utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
 	return n;
 }
 
+/*
+ * Characters that show as blank space or as nothing at all: a label made of
+ * them only is blank.  (Variation selectors and fillers are legitimate
+ * inside emoji and Hangul, so they are not refused outright.)
+ */
 static bool
 is_space_char(uint32_t c)
 {
 	return c == ' ' || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
-		c == 0x202F || c == 0x205F || c == 0x3000;
+		c == 0x202F || c == 0x205F || c == 0x3000 ||
+		c == 0x034F || c == 0x115F || c == 0x1160 || c == 0x17B4 || c == 0x17B5 ||
+		(c >= 0x180B && c <= 0x180F) || c == 0x2800 || c == 0x3164 ||
+		(c >= 0xFE00 && c <= 0xFE0F) || c == 0xFFA0 ||
+		(c >= 0xE0100 && c <= 0xE01EF);
 }
 
 /*

@@ -19,8 +19,8 @@
  * Workers, the pg_cron way: the "flowella usage launcher" (static, no
  * database) wakes every flush interval and starts one short-lived "flowella
  * usage flush" worker per database with pending uses; that worker updates
- * the rows in one transaction, skipping rows locked by others (they go back
- * to the table for the next round), and exits.
+ * the rows in one transaction, skipping rows locked by others (they stay
+ * pending for the next round), and exits.
  *
  * Without shared_preload_libraries none of this exists: verify records
  * nothing and last_used_at stays as it is (documented degradation; verify
@@ -77,7 +77,7 @@ typedef struct UsageEntry
 	UsageKey	key;			/* hash key: must be first */
 	slock_t		mutex;			/* protects last_used */
 	TimestampTz last_used;
-	int			retries;		/* flush rounds its row was locked */
+	int			retries;		/* flush rounds its row was locked (flusher only) */
 } UsageEntry;
 
 typedef struct UsageShared
@@ -107,7 +107,7 @@ PGDLLEXPORT void flowella_usage_flush_main(Datum main_arg);
 static Size usage_memsize(void);
 static void usage_shmem_request(void);
 static void usage_shmem_startup(void);
-static void usage_put(const UsageKey *key, TimestampTz when, int retries);
+static void usage_put(const UsageKey *key, TimestampTz when);
 
 /*---- Set-up ----*/
 
@@ -208,7 +208,7 @@ usage_shmem_startup(void)
 
 /* Note a use of key (in database key->dbid) at when; keep the latest. */
 static void
-usage_put(const UsageKey *key, TimestampTz when, int retries)
+usage_put(const UsageKey *key, TimestampTz when)
 {
 	UsageEntry *entry;
 	bool		found;
@@ -234,7 +234,7 @@ usage_put(const UsageKey *key, TimestampTz when, int retries)
 	{
 		SpinLockInit(&entry->mutex);
 		entry->last_used = when;
-		entry->retries = retries;
+		entry->retries = 0;
 	}
 	else if (when > entry->last_used)
 		entry->last_used = when;	/* exclusive lock: no spinlock needed */
@@ -255,7 +255,7 @@ flwl_usage_record(const pg_uuid_t *key_id, TimestampTz when)
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
 	memcpy(&key.key_id, key_id, sizeof(pg_uuid_t));
-	usage_put(&key, when, 0);
+	usage_put(&key, when);
 	pg_atomic_fetch_add_u64(&usage->recorded, 1);
 }
 
@@ -396,7 +396,9 @@ flowella_usage_launcher_main(Datum main_arg)
 
 /*
  * Write one database's pending uses.  Rows locked by another transaction
- * are skipped, never waited for, and their uses go back to the table.
+ * are skipped, never waited for, and stay pending for the next round.
+ * Entries leave shared memory only once their write has committed (and the
+ * counters are updated), so "pending = 0" means "written".
  */
 void
 flowella_usage_flush_main(Datum main_arg)
@@ -404,36 +406,36 @@ flowella_usage_flush_main(Datum main_arg)
 	Oid			dbid = DatumGetObjectId(main_arg);
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
+	UsageKey   *keys;
 	Datum	   *ids;
 	Datum	   *whens;
-	int		   *retries;
+	bool	   *done;
 	int			n = 0;
 	int			capacity;
 	Datum		args[2];
 	uint64		updated = 0;
-	bool	   *done;
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
 
-	/* move this database's entries out of shared memory */
-	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	/* copy this database's entries */
+	LWLockAcquire(usage->lock, LW_SHARED);
 	capacity = hash_get_num_entries(usage_hash) + 1;
+	keys = palloc(sizeof(UsageKey) * capacity);
 	ids = palloc(sizeof(Datum) * capacity);
 	whens = palloc(sizeof(Datum) * capacity);
-	retries = palloc(sizeof(int) * capacity);
 	hash_seq_init(&seq, usage_hash);
 	while ((entry = hash_seq_search(&seq)) != NULL)
 	{
 		if (entry->key.dbid != dbid)
 			continue;
-		ids[n] = UUIDPGetDatum(palloc(sizeof(pg_uuid_t)));
-		memcpy(DatumGetUUIDP(ids[n]), &entry->key.key_id, sizeof(pg_uuid_t));
+		keys[n] = entry->key;
+		ids[n] = UUIDPGetDatum(&keys[n].key_id);
+		SpinLockAcquire(&entry->mutex);
 		whens[n] = TimestampTzGetDatum(entry->last_used);
-		retries[n] = entry->retries;
+		SpinLockRelease(&entry->mutex);
 		n++;
-		hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
 	}
 	LWLockRelease(usage->lock);
 
@@ -469,16 +471,15 @@ flowella_usage_flush_main(Datum main_arg)
 		updated = SPI_processed;
 
 		/*
-		 * Keys written, or skipped as already newer, are done; the rest had
-		 * their row locked.  A second look tells them apart.
+		 * Written, already newer, or gone: done.  The rest had their row
+		 * locked by another transaction.
 		 */
 		if (SPI_execute_with_args(
 				"SELECT u.ord::int4 - 1 FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(key_id, ord)"
-				" WHERE EXISTS (SELECT 1 FROM flowella.api_keys k"
-				"                WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id"
-				"                  AND k.last_used_at OPERATOR(pg_catalog.>=) ($2::pg_catalog.timestamptz[])[u.ord])"
-				"    OR NOT EXISTS (SELECT 1 FROM flowella.api_keys k"
-				"                    WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id)",
+				" WHERE NOT EXISTS (SELECT 1 FROM flowella.api_keys k"
+				"                    WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id"
+				"                      AND (k.last_used_at IS NULL OR k.last_used_at"
+				"                           OPERATOR(pg_catalog.<) ($2::pg_catalog.timestamptz[])[u.ord]))",
 				2, (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID}, args, NULL,
 				false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "flowella usage flush check failed");
@@ -500,20 +501,22 @@ flowella_usage_flush_main(Datum main_arg)
 	CommitTransactionCommand();
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	pg_atomic_fetch_add_u64(&usage->flushes, 1);
 	pg_atomic_fetch_add_u64(&usage->flushed, updated);
+	pg_atomic_fetch_add_u64(&usage->flushes, 1);
 
-	/* put back the uses whose rows were locked, for the next round */
+	/*
+	 * Forget what was written, unless a newer use arrived meanwhile; keep a
+	 * locked row's use for the next round, up to USAGE_MAX_RETRIES rounds.
+	 */
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < n; i++)
 	{
-		UsageKey	key;
-
-		if (done[i] || retries[i] + 1 >= USAGE_MAX_RETRIES)
+		entry = hash_search(usage_hash, &keys[i], HASH_FIND, NULL);
+		if (entry == NULL || entry->last_used > DatumGetTimestampTz(whens[i]))
 			continue;
-		memset(&key, 0, sizeof(key));
-		key.dbid = dbid;
-		memcpy(&key.key_id, DatumGetUUIDP(ids[i]), sizeof(pg_uuid_t));
-		usage_put(&key, DatumGetTimestampTz(whens[i]), retries[i] + 1);
+		if (done[i] || ++entry->retries >= USAGE_MAX_RETRIES)
+			hash_search(usage_hash, &keys[i], HASH_REMOVE, NULL);
 	}
+	LWLockRelease(usage->lock);
 	proc_exit(0);
 }

@@ -7,14 +7,15 @@
 ALTER SYSTEM SET flowella.usage_flush_interval = 2;
 SELECT pg_reload_conf();
 
--- Wait until the tracker has flushed at least one more time than before.
+-- Wait until a flush has completed since the call and nothing is pending
+-- (entries leave shared memory only once written and counted).
 CREATE FUNCTION regress_wait_for_flush() RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
 	start bigint := (SELECT flushes FROM flowella.usage_stats());
 BEGIN
 	FOR i IN 1..300 LOOP
-		IF (SELECT flushes FROM flowella.usage_stats()) > start THEN
+		IF (SELECT flushes > start AND pending = 0 FROM flowella.usage_stats()) THEN
 			RETURN true;
 		END IF;
 		PERFORM pg_sleep(0.05);
