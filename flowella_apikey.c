@@ -162,6 +162,7 @@ static void vrels_load(void);
 static bool probe_unique(Relation heap, Relation index, RegProcedure eqproc,
 						 Oid collation, Datum key, Snapshot snapshot,
 						 TupleTableSlot *slot);
+static bool scopes_contain(Datum scopes, text *scope);
 static Datum fetch_column(Oid relid, Oid indexid, RegProcedure eqproc,
 						  Oid collation, Datum key, AttrNumber attnum,
 						  Snapshot snapshot);
@@ -587,8 +588,8 @@ flowella_plan_cache_invalidate(PG_FUNCTION_ARGS)
 }
 
 /* Whether a text[] holds scope. */
-bool
-flwl_scopes_contain(Datum scopes, text *scope)
+static bool
+scopes_contain(Datum scopes, text *scope)
 {
 	ArrayType  *arr = DatumGetArrayTypeP(scopes);
 	Datum	   *elems;
@@ -608,6 +609,49 @@ flwl_scopes_contain(Datum scopes, text *scope)
 	return false;
 }
 
+/* Byte order of two text Datums, for qsort and bsearch. */
+int
+flwl_text_datum_cmp(const void *a, const void *b)
+{
+	text	   *x = DatumGetTextPP(*(const Datum *) a);
+	text	   *y = DatumGetTextPP(*(const Datum *) b);
+	size_t		lx = VARSIZE_ANY_EXHDR(x);
+	size_t		ly = VARSIZE_ANY_EXHDR(y);
+	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
+
+	return c != 0 ? c : (lx > ly) - (lx < ly);
+}
+
+/*
+ * The elements of a text[] (NULLs dropped), sorted, for flwl_scope_set_has.
+ * Sorting makes membership tests O(log n): scope arrays come from callers
+ * and may hold thousands of names.
+ */
+FlwlScopeSet
+flwl_scope_set(Datum scopes)
+{
+	FlwlScopeSet set;
+	bool	   *nulls;
+	int			n;
+
+	deconstruct_array(DatumGetArrayTypeP(scopes), TEXTOID, -1, false,
+					  TYPALIGN_INT, &set.elems, &nulls, &n);
+	set.n = 0;
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+			set.elems[set.n++] = set.elems[i];
+	if (set.n > 1)
+		qsort(set.elems, set.n, sizeof(Datum), flwl_text_datum_cmp);
+	return set;
+}
+
+bool
+flwl_scope_set_has(const FlwlScopeSet *set, Datum scope)
+{
+	return bsearch(&scope, set->elems, set->n, sizeof(Datum),
+				   flwl_text_datum_cmp) != NULL;
+}
+
 /*
  * The scopes a key may use now: its own (or, when NULL, all of its plan's)
  * that its organisation's plan still offers.
@@ -615,6 +659,7 @@ flwl_scopes_contain(Datum scopes, text *scope)
 Datum
 flwl_effective_scopes(Datum key_scopes, bool key_scopes_null, Datum plan_scopes)
 {
+	FlwlScopeSet plan;
 	ArrayType  *arr;
 	Datum	   *elems;
 	bool	   *nulls;
@@ -624,10 +669,11 @@ flwl_effective_scopes(Datum key_scopes, bool key_scopes_null, Datum plan_scopes)
 	if (key_scopes_null)
 		return plan_scopes;
 
+	plan = flwl_scope_set(plan_scopes);
 	arr = DatumGetArrayTypeP(key_scopes);
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	for (int i = 0; i < n; i++)
-		if (!nulls[i] && flwl_scopes_contain(plan_scopes, DatumGetTextPP(elems[i])))
+		if (!nulls[i] && flwl_scope_set_has(&plan, elems[i]))
 			elems[kept++] = elems[i];
 
 	return PointerGetDatum(construct_array(elems, kept, TEXTOID, -1, false,
@@ -785,7 +831,7 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 				scopes_null = false;
 
 				if (!PG_ARGISNULL(1) &&
-					!flwl_scopes_contain(scopes, PG_GETARG_TEXT_PP(1)))
+					!scopes_contain(scopes, PG_GETARG_TEXT_PP(1)))
 					code = VC_INSUFFICIENT_SCOPE;
 				else
 					flwl_usage_record(DatumGetUUIDP(key_id), now);

@@ -28,8 +28,16 @@ extern const pg_uuid_t *flwl_require_actor(void);
 /* A copy of s fit to quote in a message: token-shaped runs redacted. */
 extern char *flwl_quotable(const char *s, size_t len);
 
-/* Whether a text[] holds scope. */
-extern bool flwl_scopes_contain(Datum scopes, text *scope);
+/* A sorted set of scope names, see flwl_scope_set. */
+typedef struct FlwlScopeSet
+{
+	Datum	   *elems;
+	int			n;
+} FlwlScopeSet;
+
+extern int	flwl_text_datum_cmp(const void *a, const void *b);
+extern FlwlScopeSet flwl_scope_set(Datum scopes);
+extern bool flwl_scope_set_has(const FlwlScopeSet *set, Datum scope);
 
 /*
  * The scopes a key may use now: its own (all of the plan's when NULL) that

@@ -349,18 +349,6 @@ check_mode(FunctionCallInfo fcinfo, int argno)
 	return mode;
 }
 
-static int
-text_datum_cmp(const void *a, const void *b)
-{
-	text	   *x = DatumGetTextPP(*(const Datum *) a);
-	text	   *y = DatumGetTextPP(*(const Datum *) b);
-	size_t		lx = VARSIZE_ANY_EXHDR(x);
-	size_t		ly = VARSIZE_ANY_EXHDR(y);
-	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
-
-	return c != 0 ? c : (lx > ly) - (lx < ly);
-}
-
 /*
  * Deconstruct a scope array argument: one-dimensional, no NULLs, and sorted
  * and deduplicated (byte order) so stored sets compare equal.  An empty
@@ -389,9 +377,9 @@ scope_elements(ArrayType *arr, bool allow_empty, int *count)
 			invalid_argument("scopes", "Scope names must not be null.");
 
 	if (n > 1)
-		qsort(elems, n, sizeof(Datum), text_datum_cmp);
+		qsort(elems, n, sizeof(Datum), flwl_text_datum_cmp);
 	for (int i = 0; i < n; i++)
-		if (kept == 0 || text_datum_cmp(&elems[kept - 1], &elems[i]) != 0)
+		if (kept == 0 || flwl_text_datum_cmp(&elems[kept - 1], &elems[i]) != 0)
 			elems[kept++] = elems[i];
 
 	*count = kept;
@@ -431,12 +419,13 @@ check_key_scopes(ArrayType *arr, Datum plan_scopes, const char *plan)
 {
 	int			n;
 	Datum	   *elems = scope_elements(arr, false, &n);
+	FlwlScopeSet offered = flwl_scope_set(plan_scopes);
 	StringInfoData missing;
 	int			listed = 0;
 
 	initStringInfo(&missing);
 	for (int i = 0; i < n; i++)
-		if (!flwl_scopes_contain(plan_scopes, DatumGetTextPP(elems[i])))
+		if (!flwl_scope_set_has(&offered, elems[i]))
 			append_name(&missing, &listed, DatumGetTextPP(elems[i]));
 
 	if (listed > 0)

@@ -16,9 +16,10 @@
  * database's entries out.  When the table is full a new key's use is dropped
  * (counted in usage_stats) and recorded at its next use after a flush.
  *
- * Workers, the pg_cron way: the "flowella usage launcher" (static, no
- * database) wakes every flush interval and starts one short-lived "flowella
- * usage flush" worker per database with pending uses; that worker updates
+ * Workers, the pg_cron way: the "flowella usage launcher" (static,
+ * connected to shared catalogs only) wakes every flush interval and starts
+ * one short-lived "flowella usage flush" worker per database with pending
+ * uses, dropping those of databases that no longer exist; that worker updates
  * the rows in one transaction, skipping rows locked by others (they stay
  * pending for the next round), and exits.
  *
@@ -52,6 +53,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "flowella_apikey.h"
@@ -148,7 +150,7 @@ flwl_usage_init(void)
 	shmem_startup_hook = usage_shmem_startup;
 
 	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = 10;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "flowella_apikey");
@@ -314,6 +316,7 @@ launch_flush(Oid dbid)
 	snprintf(worker.bgw_name, BGW_MAXLEN, "flowella usage flush");
 	snprintf(worker.bgw_type, BGW_MAXLEN, "flowella usage flush");
 	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
+	worker.bgw_notify_pid = MyProcPid;
 
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
@@ -322,25 +325,37 @@ launch_flush(Oid dbid)
 				 errhint("Raise max_worker_processes.")));
 		return;
 	}
-
-	/*
-	 * Poll rather than WaitForBackgroundWorkerShutdown: the postmaster only
-	 * notifies backends with a database connection, which the launcher has
-	 * not.
-	 */
-	for (;;)
-	{
-		pid_t		pid;
-
-		if (GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED ||
-			ShutdownRequestPending)
-			break;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 50L, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-	}
+	(void) WaitForBackgroundWorkerShutdown(handle);
 	pfree(handle);
+}
+
+/*
+ * Whether a database still exists.  Uses of a dropped database can never be
+ * flushed (no worker can connect to it) and must not stay pending forever.
+ */
+static bool
+database_exists(Oid dbid)
+{
+	bool		exists;
+
+	StartTransactionCommand();
+	exists = SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dbid));
+	CommitTransactionCommand();
+	return exists;
+}
+
+static void
+forget_database(Oid dbid)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		if (entry->key.dbid == dbid)
+			hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
+	LWLockRelease(usage->lock);
 }
 
 void
@@ -349,6 +364,8 @@ flowella_usage_launcher_main(Datum main_arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
+	/* no database: shared catalogs only, to see which databases exist */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
 	while (!ShutdownRequestPending)
 	{
@@ -386,7 +403,12 @@ flowella_usage_launcher_main(Datum main_arg)
 		LWLockRelease(usage->lock);
 
 		for (int i = 0; i < ndb && !ShutdownRequestPending; i++)
-			launch_flush(dbids[i]);
+		{
+			if (database_exists(dbids[i]))
+				launch_flush(dbids[i]);
+			else
+				forget_database(dbids[i]);
+		}
 		pfree(dbids);
 	}
 	proc_exit(0);
