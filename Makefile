@@ -19,7 +19,7 @@ SHLIB_LINK += -lsodium
 # shared_preload_libraries = flowella_apikey, as production runs it (see the
 # README: scripts/test.sh wraps it in pg_virtualenv).  setup runs first and
 # creates the extension, test roles and plans the other files use.
-REGRESS = setup tokens create verify hostile usage
+REGRESS = setup tokens create verify hostile actor provisioning revoke scopes replace list usage
 ISOLATION =
 
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
