@@ -19,8 +19,9 @@ SHLIB_LINK += -lsodium
 # shared_preload_libraries = flowella_apikey, as production runs it (see the
 # README: scripts/test.sh wraps it in pg_virtualenv).  setup runs first and
 # creates the extension, test roles and plans the other files use.
-REGRESS = setup tokens create verify hostile actor provisioning revoke scopes replace list usage
-ISOLATION =
+REGRESS = setup tokens create verify hostile actor provisioning revoke scopes replace list \
+	security immutability audit usage
+ISOLATION = revoke_verify concurrent_create
 
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 

@@ -639,6 +639,10 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA flowella FROM PUBLIC;
 -- hence the guard triggers above).
 REVOKE TRUNCATE ON ALL TABLES IN SCHEMA flowella FROM CURRENT_USER;
 REVOKE ALL ON TYPE flowella.verification FROM PUBLIC;
+-- Tables and views have row types, which PUBLIC may use by default.
+REVOKE ALL ON TYPE flowella.plans, flowella.orgs, flowella.members,
+	flowella.api_keys, flowella.audit_records, flowella.audit_events,
+	flowella.rotation_due FROM PUBLIC;
 GRANT USAGE ON TYPE flowella.verification TO flowella_apikey_verifier;
 
 GRANT EXECUTE ON FUNCTION flowella.apikey_verify(text, text) TO flowella_apikey_verifier;
@@ -664,7 +668,7 @@ GRANT EXECUTE ON FUNCTION flowella.usage_stats() TO flowella_apikey_auditor;
 
 -- Policies and views call these as the reading role.
 GRANT EXECUTE ON FUNCTION flowella.actor_manages(uuid), flowella.actor_reads_audit(uuid)
-	TO flowella_apikey_manager, flowella_apikey_auditor, flowella_apikey_admin;
+	TO flowella_apikey_manager, flowella_apikey_auditor;
 
 -- Direct reads: never secret_hash; never any write.
 GRANT SELECT (key_id, org_id, label, prefix, scopes, mode, created_at, created_by,
