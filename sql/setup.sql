@@ -37,6 +37,32 @@ LANGUAGE sql IMMUTABLE AS $$
 	   AND prefix = left(token, 18)
 $$;
 
+-- CRC-32 (IEEE) of the first 50 characters as 6 base62 digits: the checksum
+-- layout of a token, to check generated tokens and to build well-formed
+-- token-shaped strings (tokens.sql, verify.sql).
+CREATE FUNCTION regress_checksum(head text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+	bytes bytea := convert_to(head, 'UTF8');
+	crc bigint := 4294967295;
+	digits text := '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
+	out text := '';
+BEGIN
+	FOR i IN 0 .. length(bytes) - 1 LOOP
+		crc := crc # get_byte(bytes, i);
+		FOR b IN 1 .. 8 LOOP
+			crc := CASE WHEN crc & 1 = 1 THEN (crc >> 1) # 3988292384 ELSE crc >> 1 END;
+		END LOOP;
+	END LOOP;
+	crc := crc # 4294967295;
+	FOR i IN 1 .. 6 LOOP
+		out := substr(digits, (crc % 62)::int + 1, 1) || out;
+		crc := crc / 62;
+	END LOOP;
+	RETURN out;
+END
+$$;
+
 SET ROLE regress_admin;
 SELECT flowella.plan_set('free', ARRAY['messages:read'], false);
 SELECT flowella.plan_set('pro', ARRAY['messages:send', 'messages:read', 'analytics:read'], false);

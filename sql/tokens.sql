@@ -4,32 +4,6 @@
 -- and no error text.  Tokens are never printed: only shapes and booleans.
 --
 
--- CRC-32 (IEEE) of the first 50 characters as 6 base62 digits: the checksum
--- layout of a token, used here to check generated tokens and below to build
--- well-formed token-shaped strings.  Temporary: other files do not see it.
-CREATE FUNCTION pg_temp.regress_checksum(head text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE STRICT AS $$
-DECLARE
-	bytes bytea := convert_to(head, 'UTF8');
-	crc bigint := 4294967295;
-	digits text := '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
-	out text := '';
-BEGIN
-	FOR i IN 0 .. length(bytes) - 1 LOOP
-		crc := crc # get_byte(bytes, i);
-		FOR b IN 1 .. 8 LOOP
-			crc := CASE WHEN crc & 1 = 1 THEN (crc >> 1) # 3988292384 ELSE crc >> 1 END;
-		END LOOP;
-	END LOOP;
-	crc := crc # 4294967295;
-	FOR i IN 1 .. 6 LOOP
-		out := substr(digits, (crc % 62)::int + 1, 1) || out;
-		crc := crc / 62;
-	END LOOP;
-	RETURN out;
-END
-$$;
-
 -- Every text, bytea, jsonb or array column of every table in schema
 -- flowella, and the WAL written since start_lsn, searched for a needle.
 -- Returns the places where it was found.
@@ -98,8 +72,8 @@ SELECT key_id = :'test_id' AS test_row, mode
   FROM flowella.api_keys WHERE prefix = :'test_prefix';
 
 -- The last 6 characters are the CRC-32 of the first 50, in base62.
-SELECT right(:'live', 6) = pg_temp.regress_checksum(left(:'live', 50)) AS live_checksum,
-       right(:'test', 6) = pg_temp.regress_checksum(left(:'test', 50)) AS test_checksum;
+SELECT right(:'live', 6) = regress_checksum(left(:'live', 50)) AS live_checksum,
+       right(:'test', 6) = regress_checksum(left(:'test', 50)) AS test_checksum;
 
 -- Stored: SHA-256 of the whole token, 32 bytes, as pgcrypto computes it, so
 -- a leaked token finds its key in psql.
@@ -130,7 +104,7 @@ CREATE TEMP TABLE regress_many ON COMMIT DROP AS
          LATERAL flowella.apikey_create(:'org_many', 'many ' || n) c;
 SELECT count(*) AS made, count(DISTINCT token) AS tokens, count(DISTINCT prefix) AS prefixes,
        bool_and(regress_token_ok(token, prefix)) AS all_ok,
-       bool_and(right(token, 6) = pg_temp.regress_checksum(left(token, 50))) AS all_checksums
+       bool_and(right(token, 6) = regress_checksum(left(token, 50))) AS all_checksums
   FROM regress_many;
 SELECT count(DISTINCT ch) AS alphabet
   FROM regress_many, regexp_split_to_table(substr(token, 11, 40), '') ch;

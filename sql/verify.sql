@@ -5,34 +5,10 @@
 -- holds no table privilege at all.
 --
 
--- CRC-32 (IEEE) of the first 50 characters as 6 base62 digits, and a
--- string with its last 6 characters replaced by that checksum: builds
--- well-formed tokens that no key was ever made for.
-CREATE FUNCTION pg_temp.regress_checksum(head text) RETURNS text
-LANGUAGE plpgsql IMMUTABLE STRICT AS $$
-DECLARE
-	bytes bytea := convert_to(head, 'UTF8');
-	crc bigint := 4294967295;
-	digits text := '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
-	out text := '';
-BEGIN
-	FOR i IN 0 .. length(bytes) - 1 LOOP
-		crc := crc # get_byte(bytes, i);
-		FOR b IN 1 .. 8 LOOP
-			crc := CASE WHEN crc & 1 = 1 THEN (crc >> 1) # 3988292384 ELSE crc >> 1 END;
-		END LOOP;
-	END LOOP;
-	crc := crc # 4294967295;
-	FOR i IN 1 .. 6 LOOP
-		out := substr(digits, (crc % 62)::int + 1, 1) || out;
-		crc := crc / 62;
-	END LOOP;
-	RETURN out;
-END
-$$;
+-- t with its last 6 characters replaced by its checksum: well formed
 CREATE FUNCTION pg_temp.regress_fix(t text) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT AS $$
-	SELECT left(t, 50) || pg_temp.regress_checksum(left(t, 50))
+	SELECT left(t, 50) || regress_checksum(left(t, 50))
 $$;
 -- t with the character at pos replaced by a different base62 character
 CREATE FUNCTION pg_temp.regress_typo(t text, pos int) RETURNS text
