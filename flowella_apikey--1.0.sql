@@ -567,8 +567,15 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER api_keys_audit AFTER INSERT OR UPDATE ON flowella.api_keys
+CREATE TRIGGER api_keys_audit AFTER INSERT ON flowella.api_keys
 	FOR EACH ROW EXECUTE FUNCTION flowella.api_keys_audit();
+-- Only revocations and scope changes are events: the last-used flusher's
+-- updates do not even call the function.
+CREATE TRIGGER api_keys_audit_update AFTER UPDATE ON flowella.api_keys
+	FOR EACH ROW
+	WHEN (OLD.revoked_at IS DISTINCT FROM NEW.revoked_at
+		  OR OLD.scopes IS DISTINCT FROM NEW.scopes)
+	EXECUTE FUNCTION flowella.api_keys_audit();
 
 CREATE FUNCTION flowella.members_audit()
 RETURNS trigger
