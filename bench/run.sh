@@ -11,7 +11,7 @@ if [ -z "${BENCH_INSIDE:-}" ]; then
     source "$here/scripts/deps.sh"
     export BENCH_INSIDE=1
     exec pg_virtualenv -t -o shared_preload_libraries=flowella_apikey \
-        -o max_connections=50 \
+        -o max_connections=50 -o shared_buffers=1GB \
         bash "$here/bench/run.sh"
 fi
 
