@@ -183,7 +183,9 @@ CREATE INDEX api_keys_org_idx ON flowella.api_keys (org_id, created_at);
 
 /*
  * The audit trail, written only by triggers and never changed afterwards.
- * Nobody reads it directly: flowella.audit_events filters it per role.
+ * Nobody reads it directly: flowella.audit_events filters it per role.  No
+ * foreign keys: the orgs and keys it names can never be deleted, and a
+ * record must not depend on (nor lock) the row it describes.
  */
 CREATE SEQUENCE flowella.audit_records_event_id_seq AS bigint;
 
@@ -199,8 +201,6 @@ CREATE TABLE flowella.audit_records (
 	occurred_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	details		jsonb NOT NULL DEFAULT '{}',
 	CONSTRAINT audit_records_pkey PRIMARY KEY (event_id),
-	CONSTRAINT audit_records_org_fkey FOREIGN KEY (org_id) REFERENCES flowella.orgs (org_id),
-	CONSTRAINT audit_records_key_fkey FOREIGN KEY (key_id) REFERENCES flowella.api_keys (key_id),
 	CONSTRAINT audit_records_action_check
 		CHECK (action OPERATOR(pg_catalog.=) ANY (ARRAY['key.created', 'key.revoked',
 						  'key.scopes_changed', 'member.role_changed']))

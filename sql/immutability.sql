@@ -117,8 +117,7 @@ DELETE FROM flowella.api_keys WHERE key_id = :'k_active';
 \echo :LAST_ERROR_SQLSTATE
 DELETE FROM flowella.api_keys WHERE org_id = :'org';
 \echo :LAST_ERROR_SQLSTATE
--- TRUNCATE is refused: plainly because audit_records references the keys,
--- and with CASCADE by the guard triggers.
+-- TRUNCATE is refused by the guard triggers, with or without CASCADE.
 TRUNCATE flowella.api_keys;
 \echo :LAST_ERROR_SQLSTATE
 TRUNCATE flowella.api_keys CASCADE;
@@ -161,7 +160,6 @@ UPDATE flowella.api_keys SET scopes = NULL WHERE key_id = :'k_revoked';
 \echo :LAST_ERROR_SQLSTATE
 DELETE FROM flowella.api_keys WHERE key_id = :'k_active';
 \echo :LAST_ERROR_SQLSTATE
--- (plain TRUNCATE is stopped by the foreign key first, as above)
 TRUNCATE flowella.api_keys;
 \echo :LAST_ERROR_SQLSTATE
 TRUNCATE flowella.api_keys CASCADE;
