@@ -261,8 +261,8 @@ CREATE TYPE flowella.verification AS (
 );
 
 /*
- * The hot path.  Not SECURITY DEFINER: it reads the keys through the index
- * directly, so the verifier needs no table privilege at all.
+ * The hot path.  It runs with the caller's rights: it reads the keys
+ * through the index directly, so the verifier needs no table privilege.
  */
 CREATE FUNCTION flowella.apikey_verify(token text, required_scope text DEFAULT NULL)
 RETURNS flowella.verification
