@@ -142,6 +142,10 @@ static const char *const verify_code_names[] = {
 static text *verify_code_texts[lengthof(verify_code_names)];
 static text *mode_texts[FLWL_MODE_TEST + 1];
 
+/* Descriptor of flowella.verification, and the relation of that type. */
+static TupleDesc verify_tupdesc = NULL;
+static Oid	verify_type_relid = InvalidOid;
+
 /*---- Function declarations ----*/
 
 void		_PG_init(void);
@@ -410,6 +414,13 @@ plan_cache_reset(void)
 static void
 vrels_invalidate(Datum arg, Oid relid)
 {
+	if (verify_tupdesc != NULL &&
+		(relid == InvalidOid || relid == verify_type_relid))
+	{
+		FreeTupleDesc(verify_tupdesc);
+		verify_tupdesc = NULL;
+	}
+
 	if (relid == InvalidOid || !vrels.valid ||
 		relid == vrels.orgs || relid == vrels.plans)
 		plan_cache_reset();
@@ -681,22 +692,27 @@ flwl_effective_scopes(Datum key_scopes, bool key_scopes_null, Datum plan_scopes)
 }
 
 /*
- * Build the flowella.verification row.  The tuple descriptor is looked up
- * once per call site and kept in fn_extra.
+ * Build the flowella.verification row.  Its descriptor is looked up once
+ * per backend (fn_extra would not outlive one query execution) and dropped
+ * when the type's relation is invalidated.
  */
 static Datum
 verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 					Datum org_id, Datum scopes, bool scopes_null, FlwlMode mode)
 {
-	TupleDesc	tupdesc = (TupleDesc) fcinfo->flinfo->fn_extra;
 	Datum		values[6];
 	bool		nulls[6];
 	bool		known = (key_id != (Datum) 0);
 
-	if (tupdesc == NULL)
+	if (verify_tupdesc == NULL)
 	{
-		MemoryContext oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContext oldcxt;
+		TupleDesc	tupdesc;
+		Oid			typid;
 
+		if (get_call_result_type(fcinfo, &typid, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 		/* the constant texts of the result, made once per backend */
 		if (verify_code_texts[0] == NULL)
 		{
@@ -705,12 +721,8 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 			mode_texts[FLWL_MODE_LIVE] = cstring_to_text(flwl_mode_name(FLWL_MODE_LIVE));
 			mode_texts[FLWL_MODE_TEST] = cstring_to_text(flwl_mode_name(FLWL_MODE_TEST));
 		}
-		MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
-
-		if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-			elog(ERROR, "return type must be a row type");
-		tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-		fcinfo->flinfo->fn_extra = tupdesc;
+		verify_tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		verify_type_relid = get_typ_typrelid(typid);
 		MemoryContextSwitchTo(oldcxt);
 	}
 
@@ -727,7 +739,7 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 	values[5] = known ? PointerGetDatum(mode_texts[mode]) : (Datum) 0;
 	nulls[5] = !known;
 
-	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+	return HeapTupleGetDatum(heap_form_tuple(verify_tupdesc, values, nulls));
 }
 
 /*
