@@ -64,15 +64,24 @@ typedef struct ApiQuery
 	SPIPlanPtr	plan;
 } ApiQuery;
 
-/* $1 org, $2 actor: the actor's managing role in the org, and the plan */
-static ApiQuery q_org_access = {
-	"SELECT o.plan, p.scopes"
-	"  FROM flowella.members m"
-	"  JOIN flowella.orgs o ON o.org_id = m.org_id"
-	"  JOIN flowella.plans p ON p.plan = o.plan"
-	" WHERE m.org_id = $1 AND m.user_id = $2"
+/* $1 org, $2 actor: the org's plan, if the actor is its owner or admin */
+#define ORG_ACCESS_SQL \
+	"SELECT o.plan, p.scopes" \
+	"  FROM flowella.members m" \
+	"  JOIN flowella.orgs o ON o.org_id = m.org_id" \
+	"  JOIN flowella.plans p ON p.plan = o.plan" \
+	" WHERE m.org_id = $1 AND m.user_id = $2" \
 	"   AND m.role = ANY (ARRAY['owner', 'admin'])"
-	"   FOR SHARE OF m",
+
+/* for changes: the membership stays as checked until commit */
+static ApiQuery q_org_access = {
+	ORG_ACCESS_SQL " FOR SHARE OF m",
+	2, {UUIDOID, UUIDOID}
+};
+
+/* for reads, which must work in READ ONLY transactions and on standbys */
+static ApiQuery q_org_read = {
+	ORG_ACCESS_SQL,
 	2, {UUIDOID, UUIDOID}
 };
 
@@ -452,11 +461,12 @@ check_expiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
 
 /*
  * 42501 unless the actor is owner or admin of the org in argument argno
- * (a NULL org is one that does not exist).  Leaves the org's plan
+ * (a NULL org is one that does not exist); for_change also locks the
+ * membership row.  Leaves the org's plan
  * name and scopes in SPI_tuptable row 0 (columns 1 and 2).
  */
 static void
-require_org_access(FunctionCallInfo fcinfo, int argno)
+require_org_access(FunctionCallInfo fcinfo, int argno, bool for_change)
 {
 	Datum		args[2];
 
@@ -464,7 +474,8 @@ require_org_access(FunctionCallInfo fcinfo, int argno)
 	if (!PG_ARGISNULL(argno))
 		args[0] = PG_GETARG_DATUM(argno);
 	if (PG_ARGISNULL(argno) ||
-		api_exec(&q_org_access, args, NULL, false, 1) != SPI_OK_SELECT ||
+		api_exec(for_change ? &q_org_access : &q_org_read, args, NULL,
+				 !for_change, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -592,7 +603,7 @@ apikey_create_body(PG_FUNCTION_ARGS)
 	bool		isnull;
 
 	SPI_connect();
-	require_org_access(fcinfo, 0);
+	require_org_access(fcinfo, 0, true);
 
 	check_label(fcinfo, 1, "label");
 	mode = check_mode(fcinfo, 3);
@@ -784,7 +795,7 @@ apikey_list_body(PG_FUNCTION_ARGS)
 	Datum		args[2];
 
 	SPI_connect();
-	require_org_access(fcinfo, 0);
+	require_org_access(fcinfo, 0, false);
 
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());

@@ -282,3 +282,12 @@ SELECT flowella.apikey_revoke(key_id) IS NOT NULL AS revoked
 COMMIT;
 RESET ROLE;
 SELECT label FROM flowella.rotation_due WHERE org_id = :'org' ORDER BY created_at;
+
+-- apikey_list works in a READ ONLY transaction (a standby, a read-only
+-- pool): its access check takes no row lock.
+SET ROLE regress_manager;
+BEGIN TRANSACTION READ ONLY;
+SELECT flowella.set_actor(:'admin') \gset
+SELECT count(*) > 0 AS listed_read_only FROM flowella.apikey_list(:'org');
+COMMIT;
+RESET ROLE;
