@@ -6,8 +6,9 @@
  *		at most once per key per flush interval.
  *
  * So verify never writes a row, never waits on a row lock and works in READ
- * ONLY transactions and on hot standbys, while a key used 2 000 times a
- * minute costs one row update a minute.
+ * ONLY transactions and on hot standbys (which record nothing: they cannot
+ * write), while a key used 2 000 times a minute costs one row update a
+ * minute.
  *
  * Shared state: a fixed-size hash table of (database, key) -> latest use,
  * sized by flowella.usage_max_keys, under one LWLock.  Recording a key
@@ -32,6 +33,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
 #include "executor/spi.h"
@@ -245,14 +247,15 @@ usage_put(const UsageKey *key, TimestampTz when)
 
 /*
  * Record a successful use of key_id in the current database.  Does nothing
- * when the library was not preloaded.
+ * when the library was not preloaded, or on a hot standby.
  */
 void
 flwl_usage_record(const pg_uuid_t *key_id, TimestampTz when)
 {
 	UsageKey	key;
 
-	if (usage == NULL || usage_hash == NULL)
+	/* a standby cannot write last_used_at: do not fill the table there */
+	if (usage == NULL || usage_hash == NULL || RecoveryInProgress())
 		return;
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
