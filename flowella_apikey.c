@@ -115,7 +115,7 @@ static VerifyRels vrels;
 typedef struct PlanCacheEntry
 {
 	pg_uuid_t	org_id;			/* hash key */
-	Datum		scopes;			/* text[] in plan_cache_cxt */
+	FlwlScopeSet scopes;		/* sorted, in plan_cache_cxt */
 } PlanCacheEntry;
 
 #define PLAN_CACHE_MAX_ORGS	10000
@@ -170,7 +170,7 @@ static bool scopes_contain(Datum scopes, text *scope);
 static Datum fetch_column(Oid relid, Oid indexid, RegProcedure eqproc,
 						  Oid collation, Datum key, AttrNumber attnum,
 						  Snapshot snapshot);
-static Datum plan_scopes_of_org(Datum org_id, Snapshot snapshot);
+static const FlwlScopeSet *plan_scopes_of_org(Datum org_id, Snapshot snapshot);
 static Datum verification_result(FunctionCallInfo fcinfo, VerifyCode code,
 								 Datum key_id, Datum org_id, Datum scopes,
 								 bool scopes_null, FlwlMode mode);
@@ -531,8 +531,11 @@ fetch_column(Oid relid, Oid indexid, RegProcedure eqproc, Oid collation,
 	return value;
 }
 
-/* The current scopes of an organisation's plan, from the cache if there. */
-static Datum
+/*
+ * The current scopes of an organisation's plan, as a sorted set, from the
+ * cache if there.  The result lives in the cache or in CurrentMemoryContext.
+ */
+static const FlwlScopeSet *
 plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 {
 	PlanCacheEntry *entry;
@@ -541,12 +544,13 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 				scopes;
 	bool		found;
 	MemoryContext oldcxt;
+	FlwlScopeSet *fresh;
 
 	if (plan_cache != NULL)
 	{
 		entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_FIND, NULL);
 		if (entry != NULL)
-			return entry->scopes;
+			return &entry->scopes;
 	}
 
 	plan = fetch_column(vrels.orgs, vrels.orgs_pkey, F_UUID_EQ, InvalidOid,
@@ -556,7 +560,11 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 
 	/* an invalidation arrived while reading: do not cache what was read */
 	if (generation != plan_cache_generation)
-		return scopes;
+	{
+		fresh = palloc(sizeof(FlwlScopeSet));
+		*fresh = flwl_scope_set(scopes);
+		return fresh;
+	}
 
 	if (plan_cache_cxt == NULL)
 		plan_cache_cxt = AllocSetContextCreate(TopMemoryContext,
@@ -577,9 +585,9 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 	}
 	entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_ENTER, &found);
 	oldcxt = MemoryContextSwitchTo(plan_cache_cxt);
-	entry->scopes = datumCopy(scopes, false, -1);
+	entry->scopes = flwl_scope_set(datumCopy(scopes, false, -1));
 	MemoryContextSwitchTo(oldcxt);
-	return entry->scopes;
+	return &entry->scopes;
 }
 
 /*
@@ -647,6 +655,7 @@ flwl_scope_set(Datum scopes)
 
 	deconstruct_array(DatumGetArrayTypeP(scopes), TEXTOID, -1, false,
 					  TYPALIGN_INT, &set.elems, &nulls, &n);
+	set.array = scopes;
 	set.n = 0;
 	for (int i = 0; i < n; i++)
 		if (!nulls[i])
@@ -668,23 +677,21 @@ flwl_scope_set_has(const FlwlScopeSet *set, Datum scope)
  * that its organisation's plan still offers.
  */
 Datum
-flwl_effective_scopes(Datum key_scopes, bool key_scopes_null, Datum plan_scopes)
+flwl_effective_scopes(Datum key_scopes, bool key_scopes_null,
+					  const FlwlScopeSet *plan)
 {
-	FlwlScopeSet plan;
-	ArrayType  *arr;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
 	int			kept = 0;
 
 	if (key_scopes_null)
-		return plan_scopes;
+		return plan->array;
 
-	plan = flwl_scope_set(plan_scopes);
-	arr = DatumGetArrayTypeP(key_scopes);
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	deconstruct_array(DatumGetArrayTypeP(key_scopes), TEXTOID, -1, false,
+					  TYPALIGN_INT, &elems, &nulls, &n);
 	for (int i = 0; i < n; i++)
-		if (!nulls[i] && flwl_scope_set_has(&plan, elems[i]))
+		if (!nulls[i] && flwl_scope_set_has(plan, elems[i]))
 			elems[kept++] = elems[i];
 
 	return PointerGetDatum(construct_array(elems, kept, TEXTOID, -1, false,
@@ -834,10 +841,8 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 				Datum		key_scopes;
 				bool		key_scopes_null;
 
+				/* read while the slot still pins its page */
 				key_scopes = slot_getattr(slot, vrels.k_scopes, &key_scopes_null);
-				if (!key_scopes_null)
-					key_scopes = PointerGetDatum(PG_DETOAST_DATUM_COPY(key_scopes));
-
 				scopes = flwl_effective_scopes(key_scopes, key_scopes_null,
 											   plan_scopes_of_org(org_id, snapshot));
 				scopes_null = false;

@@ -28,10 +28,11 @@ extern const pg_uuid_t *flwl_require_actor(void);
 /* A copy of s fit to quote in a message: token-shaped runs redacted. */
 extern char *flwl_quotable(const char *s, size_t len);
 
-/* A sorted set of scope names, see flwl_scope_set. */
+/* A text[] of scope names with its elements sorted, see flwl_scope_set. */
 typedef struct FlwlScopeSet
 {
-	Datum	   *elems;
+	Datum		array;			/* the text[] itself */
+	Datum	   *elems;			/* its non-NULL elements, sorted */
 	int			n;
 } FlwlScopeSet;
 
@@ -44,7 +45,7 @@ extern bool flwl_scope_set_has(const FlwlScopeSet *set, Datum scope);
  * the plan still offers.
  */
 extern Datum flwl_effective_scopes(Datum key_scopes, bool key_scopes_null,
-								   Datum plan_scopes);
+								   const FlwlScopeSet *plan);
 
 /* Last-used tracking (flowella_usage.c) */
 extern void flwl_usage_init(void);

@@ -460,23 +460,34 @@ check_expiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
 /*---- Access checks ----*/
 
 /*
- * 42501 unless the actor is owner or admin of the org in argument argno
- * (a NULL org is one that does not exist); for_change also locks the
- * membership row.  Leaves the org's plan
- * name and scopes in SPI_tuptable row 0 (columns 1 and 2).
+ * Run an access check query for the org or key in argument argno and the
+ * actor; true when it found the one row (left in SPI_tuptable row 0).  A
+ * NULL argument names nothing, so it finds nothing.
  */
-static void
-require_org_access(FunctionCallInfo fcinfo, int argno, bool for_change)
+static bool
+access_row(ApiQuery *q, FunctionCallInfo fcinfo, int argno, bool read_only)
 {
 	Datum		args[2];
 
 	args[1] = UUIDPGetDatum(unconstify(pg_uuid_t *, flwl_require_actor()));
-	if (!PG_ARGISNULL(argno))
-		args[0] = PG_GETARG_DATUM(argno);
-	if (PG_ARGISNULL(argno) ||
-		api_exec(for_change ? &q_org_access : &q_org_read, args, NULL,
-				 !for_change, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
+	if (PG_ARGISNULL(argno))
+		return false;
+	args[0] = PG_GETARG_DATUM(argno);
+	return api_exec(q, args, NULL, read_only, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1;
+}
+
+/*
+ * 42501 unless the actor is owner or admin of the org in argument argno
+ * (a NULL org is one that does not exist); for_change also locks the
+ * membership row.  Leaves the org's plan name and scopes in SPI_tuptable
+ * row 0 (columns 1 and 2).
+ */
+static void
+require_org_access(FunctionCallInfo fcinfo, int argno, bool for_change)
+{
+	if (!access_row(for_change ? &q_org_access : &q_org_read, fcinfo, argno,
+					!for_change))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to manage API keys of this organisation"),
@@ -484,20 +495,14 @@ require_org_access(FunctionCallInfo fcinfo, int argno, bool for_change)
 }
 
 /*
- * 42704 unless the key in argument argno exists and the actor manages its org; the key row is
- * then locked and its columns are in SPI_tuptable row 0 (see q_key_access).
+ * 42704 unless the key in argument argno exists and the actor manages its
+ * org; the key row is then locked and its columns are in SPI_tuptable row 0
+ * (see q_key_access).
  */
 static void
 require_key_access(FunctionCallInfo fcinfo, int argno)
 {
-	Datum		args[2];
-
-	args[1] = UUIDPGetDatum(unconstify(pg_uuid_t *, flwl_require_actor()));
-	if (!PG_ARGISNULL(argno))
-		args[0] = PG_GETARG_DATUM(argno);
-	if (PG_ARGISNULL(argno) ||
-		api_exec(&q_key_access, args, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
+	if (!access_row(&q_key_access, fcinfo, argno, false))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("API key not found"),
@@ -673,7 +678,9 @@ apikey_replace_body(PG_FUNCTION_ARGS)
 	/* a plan downgrade may have taken some of the old key's scopes away */
 	if (!scopes_null)
 	{
-		scopes = flwl_effective_scopes(scopes, false, result_value(8, &isnull));
+		FlwlScopeSet offered = flwl_scope_set(result_value(8, &isnull));
+
+		scopes = flwl_effective_scopes(scopes, false, &offered);
 		if (ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(scopes)),
 						   ARR_DIMS(DatumGetArrayTypeP(scopes))) == 0)
 			ereport(ERROR,

@@ -78,7 +78,8 @@ redact_emit_log_hook(ErrorData *edata)
 		char	   *copy = redacted_copy(debug_query_string);
 
 		MemoryContextSwitchTo(oldcxt);
-		if (redacted_statement != NULL && redacted_statement != debug_query_string)
+		/* debug_query_string held a token, so it is not our earlier copy */
+		if (redacted_statement != NULL)
 			pfree(redacted_statement);
 		redacted_statement = copy;
 		debug_query_string = copy;
