@@ -4,13 +4,14 @@ MODULE_big = flowella_apikey
 OBJS = \
 	$(WIN32RES) \
 	flowella_apikey.o \
+	flowella_audit.o \
 	flowella_manage.o \
 	flowella_redact.o \
 	flowella_token.o \
 	flowella_usage.o
 
 EXTENSION = flowella_apikey
-DATA = flowella_apikey--1.0.sql
+DATA = flowella_apikey--1.0.sql flowella_apikey--1.1.sql flowella_apikey--1.0--1.1.sql
 PGFILEDESC = "flowella_apikey - API keys for Flowella organisations"
 
 SHLIB_LINK += -lsodium

@@ -327,6 +327,18 @@ flwl_require_actor(void)
 	return &current_actor->user_id;
 }
 
+const inet *
+flwl_actor_ip(void)
+{
+	return current_actor ? current_actor->client_ip : NULL;
+}
+
+const text *
+flwl_actor_traceparent(void)
+{
+	return current_actor ? current_actor->traceparent : NULL;
+}
+
 Datum
 flowella_actor_user_id(PG_FUNCTION_ARGS)
 {
@@ -342,17 +354,21 @@ flowella_actor_user_id(PG_FUNCTION_ARGS)
 Datum
 flowella_actor_ip(PG_FUNCTION_ARGS)
 {
-	if (current_actor == NULL || current_actor->client_ip == NULL)
+	const inet *ip = flwl_actor_ip();
+
+	if (ip == NULL)
 		PG_RETURN_NULL();
-	PG_RETURN_INET_P(current_actor->client_ip);
+	PG_RETURN_INET_P(ip);
 }
 
 Datum
 flowella_actor_traceparent(PG_FUNCTION_ARGS)
 {
-	if (current_actor == NULL || current_actor->traceparent == NULL)
+	const text *tp = flwl_actor_traceparent();
+
+	if (tp == NULL)
 		PG_RETURN_NULL();
-	PG_RETURN_TEXT_P(current_actor->traceparent);
+	PG_RETURN_TEXT_P(tp);
 }
 
 /*
@@ -361,11 +377,17 @@ flowella_actor_traceparent(PG_FUNCTION_ARGS)
  * it is a superuser.  Such rows keep the values they carry and are not
  * audited again (their audit records are restored with them).
  */
+bool
+flwl_change_is_restore(void)
+{
+	return api_depth == 0 && current_actor == NULL &&
+		superuser_arg(GetOuterUserId());
+}
+
 Datum
 flowella_change_is_restore(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(api_depth == 0 && current_actor == NULL &&
-				   superuser_arg(GetOuterUserId()));
+	PG_RETURN_BOOL(flwl_change_is_restore());
 }
 
 Datum

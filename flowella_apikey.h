@@ -10,6 +10,8 @@
 #define FLOWELLA_APIKEY_H
 
 #include "fmgr.h"
+#include "executor/spi.h"
+#include "utils/inet.h"
 #include "datatype/timestamp.h"
 #include "utils/uuid.h"
 
@@ -24,6 +26,33 @@ extern Datum flwl_run_api(FunctionCallInfo fcinfo, PGFunction body);
 
 /* Report 42501 unless an actor is set; returns it. */
 extern const pg_uuid_t *flwl_require_actor(void);
+
+/* The client IP and traceparent given to set_actor, or NULL. */
+extern const inet *flwl_actor_ip(void);
+extern const text *flwl_actor_traceparent(void);
+
+/*
+ * Whether a row being written comes from a restore or a bulk load rather
+ * than from the API (see flowella_apikey.c).
+ */
+extern bool flwl_change_is_restore(void);
+
+/*
+ * A query prepared on first use and kept for the life of the backend; the
+ * plan cache re-plans it by itself if the tables change under it.  Every
+ * name in sql is schema-qualified.  flwl_query_exec runs it inside an SPI
+ * connection and returns the SPI result code (errors are raised).
+ */
+typedef struct FlwlQuery
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[12];
+	SPIPlanPtr	plan;
+} FlwlQuery;
+
+extern int	flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls,
+							bool read_only, long count);
 
 /* A copy of s fit to quote in a message: token-shaped runs redacted. */
 extern char *flwl_quotable(const char *s, size_t len);

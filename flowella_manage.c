@@ -52,18 +52,6 @@
 
 /*---- Saved queries ----*/
 
-/*
- * A query prepared on first use and kept for the life of the backend.  The
- * plan cache re-plans it by itself if the tables change under it.
- */
-typedef struct ApiQuery
-{
-	const char *sql;
-	int			nargs;
-	Oid			argtypes[10];
-	SPIPlanPtr	plan;
-} ApiQuery;
-
 /* $1 org, $2 actor: the org's plan, if the actor is its owner or admin */
 #define ORG_ACCESS_SQL \
 	"SELECT o.plan, p.scopes" \
@@ -74,19 +62,19 @@ typedef struct ApiQuery
 	"   AND m.role = ANY (ARRAY['owner', 'admin'])"
 
 /* for changes: the membership stays as checked until commit */
-static ApiQuery q_org_access = {
+static FlwlQuery q_org_access = {
 	ORG_ACCESS_SQL " FOR SHARE OF m",
 	2, {UUIDOID, UUIDOID}
 };
 
 /* for reads, which must work in READ ONLY transactions and on standbys */
-static ApiQuery q_org_read = {
+static FlwlQuery q_org_read = {
 	ORG_ACCESS_SQL,
 	2, {UUIDOID, UUIDOID}
 };
 
 /* $1 key, $2 actor: the key, if the actor manages its org; locked */
-static ApiQuery q_key_access = {
+static FlwlQuery q_key_access = {
 	"SELECT k.org_id, k.revoked_at, k.scopes, k.label, k.mode,"
 	"       k.expires_at, o.plan, p.scopes, k.created_at"
 	"  FROM flowella.api_keys k"
@@ -99,7 +87,7 @@ static ApiQuery q_key_access = {
 	2, {UUIDOID, UUIDOID}
 };
 
-static ApiQuery q_count_active = {
+static FlwlQuery q_count_active = {
 	"SELECT count(*) FROM flowella.api_keys"
 	" WHERE org_id = $1 AND revoked_at IS NULL"
 	"   AND (expires_at IS NULL OR expires_at > $2)",
@@ -107,7 +95,7 @@ static ApiQuery q_count_active = {
 };
 
 /* A (vanishingly rare) prefix or hash collision inserts nothing: retry. */
-static ApiQuery q_insert_key = {
+static FlwlQuery q_insert_key = {
 	"INSERT INTO flowella.api_keys"
 	" (org_id, label, prefix, secret_hash, scopes, mode, created_at,"
 	"  created_by, expires_at, replaces_key_id)"
@@ -117,19 +105,19 @@ static ApiQuery q_insert_key = {
 	TIMESTAMPTZOID, UUIDOID, TIMESTAMPTZOID, UUIDOID}
 };
 
-static ApiQuery q_revoke = {
+static FlwlQuery q_revoke = {
 	"UPDATE flowella.api_keys SET revoked_at = $3, revoked_by = $2"
 	" WHERE key_id = $1",
 	3, {UUIDOID, UUIDOID, TIMESTAMPTZOID}
 };
 
-static ApiQuery q_set_scopes = {
+static FlwlQuery q_set_scopes = {
 	"UPDATE flowella.api_keys SET scopes = $2"
 	" WHERE key_id = $1 AND scopes IS DISTINCT FROM $2",
 	2, {UUIDOID, TEXTARRAYOID}
 };
 
-static ApiQuery q_list = {
+static FlwlQuery q_list = {
 	"SELECT key_id, label, prefix, scopes, mode, created_at, created_by,"
 	"       last_used_at, expires_at, revoked_at, revoked_by,"
 	"       CASE WHEN revoked_at IS NOT NULL THEN 'revoked'"
@@ -140,23 +128,23 @@ static ApiQuery q_list = {
 	2, {UUIDOID, TIMESTAMPTZOID}
 };
 
-static ApiQuery q_plan_exists = {
+static FlwlQuery q_plan_exists = {
 	"SELECT 1 FROM flowella.plans WHERE plan = $1",
 	1, {TEXTOID}
 };
 
-static ApiQuery q_org_insert = {
+static FlwlQuery q_org_insert = {
 	"INSERT INTO flowella.orgs (name, plan) VALUES ($1, $2) RETURNING org_id",
 	2, {TEXTOID, TEXTOID}
 };
 
 /* Member changes of one org are serialized on its row. */
-static ApiQuery q_org_lock = {
+static FlwlQuery q_org_lock = {
 	"SELECT 1 FROM flowella.orgs WHERE org_id = $1 FOR NO KEY UPDATE",
 	1, {UUIDOID}
 };
 
-static ApiQuery q_member_role = {
+static FlwlQuery q_member_role = {
 	"SELECT role,"
 	"       (SELECT count(*) FROM flowella.members o"
 	"         WHERE o.org_id = $1 AND o.role = 'owner')"
@@ -164,7 +152,7 @@ static ApiQuery q_member_role = {
 	2, {UUIDOID, UUIDOID}
 };
 
-static ApiQuery q_member_upsert = {
+static FlwlQuery q_member_upsert = {
 	"INSERT INTO flowella.members AS m (org_id, user_id, role)"
 	" VALUES ($1, $2, $3)"
 	" ON CONFLICT (org_id, user_id) DO UPDATE"
@@ -173,12 +161,12 @@ static ApiQuery q_member_upsert = {
 	3, {UUIDOID, UUIDOID, TEXTOID}
 };
 
-static ApiQuery q_member_delete = {
+static FlwlQuery q_member_delete = {
 	"DELETE FROM flowella.members WHERE org_id = $1 AND user_id = $2",
 	2, {UUIDOID, UUIDOID}
 };
 
-static ApiQuery q_plan_upsert = {
+static FlwlQuery q_plan_upsert = {
 	"INSERT INTO flowella.plans AS p (plan, scopes, audit_log)"
 	" VALUES ($1, $2, $3)"
 	" ON CONFLICT (plan) DO UPDATE"
@@ -200,13 +188,14 @@ PG_FUNCTION_INFO_V1(flowella_member_remove);
 PG_FUNCTION_INFO_V1(flowella_plan_set);
 PG_FUNCTION_INFO_V1(flowella_label_ok);
 PG_FUNCTION_INFO_V1(flowella_scope_set_ok);
+PG_FUNCTION_INFO_V1(flowella_api_key_row_ok);
 
 /*---- SPI helpers ----*/
 
 /* Run a saved query; returns the SPI result code, >= 0. */
-static int
-api_exec(ApiQuery *q, Datum *values, const char *nulls, bool read_only,
-		 long count)
+int
+flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls, bool read_only,
+				long count)
 {
 	int			rc;
 
@@ -315,28 +304,114 @@ flowella_label_ok(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(label_problem(PG_GETARG_TEXT_PP(0)) == NULL);
 }
 
-/* scope_set_ok(text[]): the CHECK of stored scope sets. */
-Datum
-flowella_scope_set_ok(PG_FUNCTION_ARGS)
+/* Whether a stored scope set is one-dimensional, without NULLs, all valid. */
+static bool
+scope_set_valid(ArrayType *arr)
 {
-	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
 
 	if (ARR_NDIM(arr) > 1)
-		PG_RETURN_BOOL(false);
+		return false;
 	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
 	for (int i = 0; i < n; i++)
 	{
 		text	   *e;
 
 		if (nulls[i])
-			PG_RETURN_BOOL(false);
+			return false;
 		e = DatumGetTextPP(elems[i]);
 		if (flwl_scope_name_problem(VARDATA_ANY(e), VARSIZE_ANY_EXHDR(e)) != NULL)
-			PG_RETURN_BOOL(false);
+			return false;
 	}
+	return true;
+}
+
+/* scope_set_ok(text[]): the CHECK of plans' scope sets. */
+Datum
+flowella_scope_set_ok(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(scope_set_valid(PG_GETARG_ARRAYTYPE_P(0)));
+}
+
+/*
+ * api_key_row_ok(label, prefix, mode, secret_hash, scopes, created_at,
+ * expires_at, revoked_at, revoked_by): the one CHECK constraint of api_keys.
+ *
+ * The API never writes a row that fails it; it stops direct writes and bad
+ * restores.  One C function rather than a CHECK per rule because PostgreSQL
+ * reads every CHECK expression back from the catalog on each INSERT, and
+ * seven of them cost a tenth of a create.  It raises its own error naming
+ * the bad field, without the "Failing row contains" detail that would put
+ * the row (hash included) into the server log.
+ */
+static const char *
+api_key_row_problem(FunctionCallInfo fcinfo, const char **field)
+{
+	FlwlMode	prefix_mode = FLWL_MODE_INVALID;
+	const char *why;
+
+	*field = "label";
+	if (PG_ARGISNULL(0))
+		return "The label must not be null.";
+	if ((why = label_problem(PG_GETARG_TEXT_PP(0))) != NULL)
+		return why;
+
+	*field = "prefix";
+	if (!PG_ARGISNULL(1))
+	{
+		text	   *prefix = PG_GETARG_TEXT_PP(1);
+
+		prefix_mode = flwl_prefix_parse(VARDATA_ANY(prefix),
+										VARSIZE_ANY_EXHDR(prefix));
+	}
+	if (prefix_mode == FLWL_MODE_INVALID)
+		return "A prefix is \"flwl_live_\" or \"flwl_test_\" followed by 8 base62 characters.";
+
+	*field = "mode";
+	if (PG_ARGISNULL(2) ||
+		flwl_mode_from_name(VARDATA_ANY(PG_GETARG_TEXT_PP(2)),
+							VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(2))) != prefix_mode)
+		return "The mode must be \"live\" or \"test\", the one the prefix names.";
+
+	*field = "secret_hash";
+	if (PG_ARGISNULL(3) || VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(3)) != FLWL_HASH_LEN)
+		return "The secret hash is the 32-byte SHA-256 of the token.";
+
+	*field = "scopes";
+	if (!PG_ARGISNULL(4))
+	{
+		ArrayType  *scopes = PG_GETARG_ARRAYTYPE_P(4);
+
+		if (ArrayGetNItems(ARR_NDIM(scopes), ARR_DIMS(scopes)) == 0 ||
+			!scope_set_valid(scopes))
+			return "Scopes are NULL (the plan's) or a non-empty one-dimensional array of valid scope names.";
+	}
+
+	*field = "expires_at";
+	if (!PG_ARGISNULL(5) && !PG_ARGISNULL(6) &&
+		PG_GETARG_TIMESTAMPTZ(6) <= PG_GETARG_TIMESTAMPTZ(5))
+		return "A key must expire after it was created.";
+
+	*field = "revoked_at";
+	if (!PG_ARGISNULL(8) && PG_ARGISNULL(7))
+		return "A key revoked by someone has a revocation time.";
+
+	return NULL;
+}
+
+Datum
+flowella_api_key_row_ok(PG_FUNCTION_ARGS)
+{
+	const char *field;
+	const char *why = api_key_row_problem(fcinfo, &field);
+
+	if (why != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("invalid value in column \"%s\" of an API key row", field),
+				 errdetail("%s", why)));
 	PG_RETURN_BOOL(true);
 }
 
@@ -465,7 +540,7 @@ check_expiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
  * NULL argument names nothing, so it finds nothing.
  */
 static bool
-access_row(ApiQuery *q, FunctionCallInfo fcinfo, int argno, bool read_only)
+access_row(FlwlQuery *q, FunctionCallInfo fcinfo, int argno, bool read_only)
 {
 	Datum		args[2];
 
@@ -473,7 +548,7 @@ access_row(ApiQuery *q, FunctionCallInfo fcinfo, int argno, bool read_only)
 	if (PG_ARGISNULL(argno))
 		return false;
 	args[0] = PG_GETARG_DATUM(argno);
-	return api_exec(q, args, NULL, read_only, 1) == SPI_OK_SELECT &&
+	return flwl_query_exec(q, args, NULL, read_only, 1) == SPI_OK_SELECT &&
 		SPI_processed == 1;
 }
 
@@ -533,7 +608,7 @@ create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 
 	args[0] = org_id;
 	args[1] = TimestampTzGetDatum(now);
-	api_exec(&q_count_active, args, NULL, true, 1);
+	flwl_query_exec(&q_count_active, args, NULL, true, 1);
 	active = DatumGetInt64(result_value(1, &isnull));
 
 	PG_TRY();
@@ -560,7 +635,7 @@ create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 			args[9] = replaces;
 			nulls[9] = replaces_null ? 'n' : ' ';
 
-			if (api_exec(&q_insert_key, args, nulls, false, 0) == SPI_OK_INSERT_RETURNING &&
+			if (flwl_query_exec(&q_insert_key, args, nulls, false, 0) == SPI_OK_INSERT_RETURNING &&
 				SPI_processed == 1)
 				key_id = result_value(1, &isnull);
 		}
@@ -734,7 +809,7 @@ apikey_revoke_body(PG_FUNCTION_ARGS)
 		args[0] = PG_GETARG_DATUM(0);
 		args[1] = UUIDPGetDatum(unconstify(pg_uuid_t *, flwl_require_actor()));
 		args[2] = TimestampTzGetDatum(revoked_at);
-		api_exec(&q_revoke, args, NULL, false, 0);
+		flwl_query_exec(&q_revoke, args, NULL, false, 0);
 	}
 
 	SPI_finish();
@@ -778,7 +853,7 @@ apikey_set_scopes_body(PG_FUNCTION_ARGS)
 								   result_value(8, &isnull),
 								   SPI_getvalue(SPI_tuptable->vals[0],
 												SPI_tuptable->tupdesc, 7));
-	api_exec(&q_set_scopes, args, nulls, false, 0);
+	flwl_query_exec(&q_set_scopes, args, nulls, false, 0);
 
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -806,7 +881,7 @@ apikey_list_body(PG_FUNCTION_ARGS)
 
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	api_exec(&q_list, args, NULL, true, 0);
+	flwl_query_exec(&q_list, args, NULL, true, 0);
 	for (uint64 i = 0; i < SPI_processed; i++)
 		tuplestore_puttuple(store, SPI_tuptable->vals[i]);
 
@@ -826,7 +901,7 @@ flowella_apikey_list(PG_FUNCTION_ARGS)
 static void
 require_plan(Datum plan)
 {
-	if (api_exec(&q_plan_exists, &plan, NULL, true, 1) != SPI_OK_SELECT ||
+	if (flwl_query_exec(&q_plan_exists, &plan, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 	{
 		text	   *t = DatumGetTextPP(plan);
@@ -844,7 +919,7 @@ require_plan(Datum plan)
 static void
 lock_org(Datum org_id)
 {
-	if (api_exec(&q_org_lock, &org_id, NULL, false, 1) != SPI_OK_SELECT ||
+	if (flwl_query_exec(&q_org_lock, &org_id, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -909,7 +984,7 @@ org_create_body(PG_FUNCTION_ARGS)
 
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = PG_GETARG_DATUM(1);
-	api_exec(&q_org_insert, args, NULL, false, 0);
+	flwl_query_exec(&q_org_insert, args, NULL, false, 0);
 	org_id = result_value(1, &isnull);
 	{
 		MemoryContext spicxt = MemoryContextSwitchTo(upper);
@@ -921,7 +996,7 @@ org_create_body(PG_FUNCTION_ARGS)
 	args[0] = org_id;
 	args[1] = PG_GETARG_DATUM(2);
 	args[2] = CStringGetTextDatum("owner");
-	api_exec(&q_member_upsert, args, NULL, false, 0);
+	flwl_query_exec(&q_member_upsert, args, NULL, false, 0);
 
 	SPI_finish();
 	PG_RETURN_DATUM(org_id);
@@ -949,10 +1024,10 @@ member_set_body(PG_FUNCTION_ARGS)
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = PG_GETARG_DATUM(1);
 	args[2] = PG_GETARG_DATUM(2);
-	api_exec(&q_member_role, args, NULL, true, 1);
+	flwl_query_exec(&q_member_role, args, NULL, true, 1);
 	if (SPI_processed == 1)
 		protect_last_owner(text_to_cstring(PG_GETARG_TEXT_PP(2)));
-	api_exec(&q_member_upsert, args, NULL, false, 0);
+	flwl_query_exec(&q_member_upsert, args, NULL, false, 0);
 
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -978,14 +1053,14 @@ member_remove_body(PG_FUNCTION_ARGS)
 
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = PG_GETARG_DATUM(1);
-	api_exec(&q_member_role, args, NULL, true, 1);
+	flwl_query_exec(&q_member_role, args, NULL, true, 1);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("member not found"),
 				 errdetail("The user is not a member of this organisation.")));
 	protect_last_owner(NULL);
-	api_exec(&q_member_delete, args, NULL, false, 0);
+	flwl_query_exec(&q_member_delete, args, NULL, false, 0);
 
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -1050,7 +1125,7 @@ plan_set_body(PG_FUNCTION_ARGS)
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = scope_array(elems, n);
 	args[2] = PG_GETARG_DATUM(2);
-	api_exec(&q_plan_upsert, args, NULL, false, 0);
+	flwl_query_exec(&q_plan_upsert, args, NULL, false, 0);
 	SPI_finish();
 	PG_RETURN_VOID();
 }

@@ -137,6 +137,29 @@ flwl_token_generate(FlwlMode mode, char *buf)
 	checksum_digits(buf, buf + FLWL_TOKEN_LEN - FLWL_CHECK_LEN);
 }
 
+/*
+ * The mode named by the head of s[0..len), if the head is well formed and
+ * everything after it is base62; FLWL_MODE_INVALID otherwise.  len is at
+ * least FLWL_HEAD_LEN.
+ */
+static FlwlMode
+head_and_body_mode(const char *s, size_t len)
+{
+	FlwlMode	mode;
+
+	if (memcmp(s, live_head, FLWL_HEAD_LEN) == 0)
+		mode = FLWL_MODE_LIVE;
+	else if (memcmp(s, test_head, FLWL_HEAD_LEN) == 0)
+		mode = FLWL_MODE_TEST;
+	else
+		return FLWL_MODE_INVALID;
+
+	for (size_t i = FLWL_HEAD_LEN; i < len; i++)
+		if (base62_value((unsigned char) s[i]) < 0)
+			return FLWL_MODE_INVALID;
+	return mode;
+}
+
 FlwlMode
 flwl_token_parse(const char *s, size_t len)
 {
@@ -146,22 +169,23 @@ flwl_token_parse(const char *s, size_t len)
 	if (s == NULL || len != FLWL_TOKEN_LEN)
 		return FLWL_MODE_INVALID;
 
-	if (memcmp(s, live_head, FLWL_HEAD_LEN) == 0)
-		mode = FLWL_MODE_LIVE;
-	else if (memcmp(s, test_head, FLWL_HEAD_LEN) == 0)
-		mode = FLWL_MODE_TEST;
-	else
+	mode = head_and_body_mode(s, len);
+	if (mode == FLWL_MODE_INVALID)
 		return FLWL_MODE_INVALID;
-
-	for (size_t i = FLWL_HEAD_LEN; i < FLWL_TOKEN_LEN; i++)
-		if (base62_value((unsigned char) s[i]) < 0)
-			return FLWL_MODE_INVALID;
 
 	checksum_digits(s, check);
 	if (memcmp(check, s + FLWL_TOKEN_LEN - FLWL_CHECK_LEN, FLWL_CHECK_LEN) != 0)
 		return FLWL_MODE_INVALID;
 
 	return mode;
+}
+
+FlwlMode
+flwl_prefix_parse(const char *s, size_t len)
+{
+	if (s == NULL || len != FLWL_PREFIX_LEN)
+		return FLWL_MODE_INVALID;
+	return head_and_body_mode(s, len);
 }
 
 void

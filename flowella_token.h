@@ -59,6 +59,9 @@ extern void flwl_token_generate(FlwlMode mode, char *buf);
  */
 extern FlwlMode flwl_token_parse(const char *s, size_t len);
 
+/* The mode of a well-formed prefix (head + lookup part), or invalid. */
+extern FlwlMode flwl_prefix_parse(const char *s, size_t len);
+
 /* SHA-256 of a token, as stored in api_keys.secret_hash. */
 extern void flwl_token_hash(const char *token, size_t len,
 							unsigned char out[FLWL_HASH_LEN]);

@@ -109,6 +109,41 @@ MERGE INTO flowella.api_keys k USING imm_before b ON k.key_id = b.key_id
 \echo :LAST_ERROR_SQLSTATE
 
 --
+-- Direct INSERTs of rows the API would never write: one row check names
+-- the bad field (and, unlike a plain CHECK, does not print the row).
+--
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by)
+VALUES (:'org', '  ', 'flwl_live_Direct01', digest('x', 'sha256'), 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by)
+VALUES (:'org', E'tab\there', 'flwl_live_Direct01', digest('x', 'sha256'), 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by)
+VALUES (:'org', 'direct', 'flwl_live_Short', digest('x', 'sha256'), 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by)
+VALUES (:'org', 'direct', 'flwl_prod_Direct01', digest('x', 'sha256'), 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by)
+VALUES (:'org', 'direct', 'flwl_live_Direct-1', digest('x', 'sha256'), 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by)
+VALUES (:'org', 'direct', 'flwl_live_Direct01', digest('x', 'sha256'), 'test', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by)
+VALUES (:'org', 'direct', 'flwl_live_Direct01', '\x00', 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, scopes, mode, created_by)
+VALUES (:'org', 'direct', 'flwl_live_Direct01', digest('x', 'sha256'), '{}', 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, scopes, mode, created_by)
+VALUES (:'org', 'direct', 'flwl_live_Direct01', digest('x', 'sha256'), ARRAY['Bad Scope'], 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, scopes, mode, created_by)
+VALUES (:'org', 'direct', 'flwl_live_Direct01', digest('x', 'sha256'), ARRAY[NULL::text], 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, scopes, mode, created_by)
+VALUES (:'org', 'direct', 'flwl_live_Direct01', digest('x', 'sha256'),
+        ARRAY[['messages:read'], ['messages:send']], 'live', :'owner');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by, expires_at)
+VALUES (:'org', 'direct', 'flwl_live_Direct01', digest('x', 'sha256'), 'live', :'owner',
+        now() - interval '1 day');
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by, revoked_by)
+VALUES (:'org', 'direct', 'flwl_live_Direct01', digest('x', 'sha256'), 'live', :'owner', :'owner');
+-- and through an UPDATE of a column the guard lets through
+UPDATE flowella.api_keys SET scopes = '{}' WHERE key_id = :'k_active';
+
+--
 -- Deleting and truncating
 --
 DELETE FROM flowella.api_keys WHERE key_id = :'k_revoked';

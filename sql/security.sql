@@ -18,7 +18,8 @@
 -- EXECUTE on every function of the schema, for each extension role and for
 -- PUBLIC.  The verifier may run apikey_verify and nothing else; PUBLIC
 -- nothing at all; the trigger and helper functions nobody.
-SELECT p.oid::regprocedure AS function,
+SELECT replace(p.oid::regprocedure::text, 'timestamp with time zone', 'timestamptz')
+         AS function,
        has_function_privilege('flowella_apikey_verifier', p.oid, 'EXECUTE') AS verifier,
        has_function_privilege('flowella_apikey_manager', p.oid, 'EXECUTE') AS manager,
        has_function_privilege('flowella_apikey_admin', p.oid, 'EXECUTE') AS admin,
