@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the TAP tests in t/ (PostgreSQL::Test::Cluster from the PGXS install).
 # initdb refuses root, so as root they run as the postgres OS user, in a
-# scratch copy of t/ that user may write to.
+# scratch copy of t/ that user may write to.  Arguments name the tests to
+# run (e.g. t/006_upgrade.pl); by default all of t/.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bindir=$(/usr/lib/postgresql/15/bin/pg_config --bindir)
@@ -14,9 +15,10 @@ if [ "$(id -u)" -eq 0 ]; then
     run=(runuser -u postgres --)
 fi
 cd "$work"
+if [ "$#" -gt 0 ]; then tests=("$@"); else tests=(t/*.pl); fi
 status=0
 "${run[@]}" env PATH="$bindir:$PATH" TESTDIR="$work" PG_REGRESS="$pgxs/test/regress/pg_regress" \
-    prove -I "$pgxs/test/perl" -I "$work" t/*.pl || status=$?
+    prove -I "$pgxs/test/perl" -I "$work/t" "${tests[@]}" || status=$?
 if [ "$status" -ne 0 ]; then
     tail -n 50 "$work"/tmp_check/log/regress_log_* 2>/dev/null || true
 fi

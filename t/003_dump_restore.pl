@@ -7,6 +7,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FlowellaTest;
 
 my $node = PostgreSQL::Test::Cluster->new('dump');
 $node->init;
@@ -54,23 +55,8 @@ $node->safe_psql('postgres', qq{
 	COMMIT;
 });
 # uses, flushed to last_used_at
-$node->safe_psql('postgres', "SELECT flowella.apikey_verify('$_')") for @tokens;
-$node->poll_query_until('postgres',
-	"SELECT count(*) = 3 FROM flowella.api_keys WHERE last_used_at IS NOT NULL")
-  or die 'last uses were not flushed';
-
-my $verify_all = join("\nUNION ALL\n", map {
-	"SELECT $_ AS n, code, key_id, scopes FROM flowella.apikey_verify('$tokens[$_]')"
-} 0 .. $#tokens) . "\nORDER BY n";
-my %snap = (
-	keys => q{SELECT key_id, org_id, label, prefix, encode(secret_hash, 'hex'), scopes, mode,
-				created_at, created_by, last_used_at, expires_at, revoked_at, revoked_by
-			  FROM flowella.api_keys ORDER BY key_id},
-	audit => q{SELECT event_id, org_id, key_id, action, actor_user_id, actor_ip,
-				 trace_context, occurred_at, details FROM flowella.audit_records ORDER BY event_id},
-	members => 'SELECT org_id, user_id, role FROM flowella.members ORDER BY 1, 2',
-	verify => $verify_all,
-);
+verify_uses($node, 'postgres', \@tokens, 3);
+my %snap = snapshot_queries(@tokens);
 my %before = map { $_ => $node->safe_psql('postgres', $snap{$_}) } keys %snap;
 
 my $dump = "$PostgreSQL::Test::Utils::tmp_check/flowella.dump";

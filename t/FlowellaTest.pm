@@ -1,0 +1,41 @@
+# Helpers the TAP tests share: what "the same keys" means when a database
+# is compared before and after a dump, a restore or an upgrade.
+package FlowellaTest;
+use strict;
+use warnings;
+use Exporter 'import';
+our @EXPORT = qw(verify_uses snapshot_queries);
+
+# Verify every token once in $db and wait until the flush worker has
+# written last_used_at for the $expected keys that are usable.
+sub verify_uses
+{
+	my ($node, $db, $tokens, $expected) = @_;
+	$node->safe_psql($db, "SELECT flowella.apikey_verify('$_')") for @$tokens;
+	$node->poll_query_until($db,
+		"SELECT count(*) = $expected FROM flowella.api_keys WHERE last_used_at IS NOT NULL")
+	  or die 'last uses were not flushed';
+}
+
+# Queries whose output must not change: every key column (the hash in hex),
+# every audit record, every membership, and the verification of each token.
+sub snapshot_queries
+{
+	my (@tokens) = @_;
+	my $verify_all = join("\nUNION ALL\n", map {
+		"SELECT $_ AS n, * FROM flowella.apikey_verify('$tokens[$_]', 'messages:read')"
+	} 0 .. $#tokens) . "\nORDER BY n";
+	return (
+		keys => q{SELECT key_id, org_id, label, prefix, encode(secret_hash, 'hex'), scopes,
+					mode, created_at, created_by, last_used_at, expires_at, revoked_at,
+					revoked_by, replaces_key_id
+				  FROM flowella.api_keys ORDER BY key_id},
+		audit => q{SELECT event_id, org_id, key_id, action, actor_user_id, actor_ip,
+					 trace_context, occurred_at, details
+					 FROM flowella.audit_records ORDER BY event_id},
+		members => 'SELECT org_id, user_id, role FROM flowella.members ORDER BY 1, 2',
+		verify => $verify_all,
+	);
+}
+
+1;
