@@ -53,23 +53,36 @@
 /*---- Saved queries ----*/
 
 /* $1 org, $2 actor: the org's plan, if the actor is its owner or admin */
-#define ORG_ACCESS_SQL \
-	"SELECT o.plan, p.scopes" \
+#define ORG_ACCESS_FROM \
 	"  FROM flowella.members m" \
 	"  JOIN flowella.orgs o ON o.org_id = m.org_id" \
 	"  JOIN flowella.plans p ON p.plan = o.plan" \
 	" WHERE m.org_id = $1 AND m.user_id = $2" \
 	"   AND m.role = ANY (ARRAY['owner', 'admin'])"
 
-/* for changes: the membership stays as checked until commit */
+/*
+ * The org's active keys, for the NOTICE past KEYS_NOTICE_THRESHOLD; a
+ * subquery of apikey_create's access check, so a create runs one query
+ * fewer.
+ */
+#define COUNT_ACTIVE_SQL(org) \
+	"SELECT count(*) FROM flowella.api_keys k" \
+	" WHERE k.org_id = " org " AND k.revoked_at IS NULL" \
+	"   AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.clock_timestamp())"
+
+/*
+ * for apikey_create: the membership stays as checked until commit; column
+ * 3 is the org's count of active keys
+ */
 static FlwlQuery q_org_access = {
-	ORG_ACCESS_SQL " FOR SHARE OF m",
+	"SELECT o.plan, p.scopes, (" COUNT_ACTIVE_SQL("o.org_id") ")"
+	ORG_ACCESS_FROM " FOR SHARE OF m",
 	2, {UUIDOID, UUIDOID}
 };
 
 /* for reads, which must work in READ ONLY transactions and on standbys */
 static FlwlQuery q_org_read = {
-	ORG_ACCESS_SQL,
+	"SELECT o.plan, p.scopes" ORG_ACCESS_FROM,
 	2, {UUIDOID, UUIDOID}
 };
 
@@ -88,10 +101,8 @@ static FlwlQuery q_key_access = {
 };
 
 static FlwlQuery q_count_active = {
-	"SELECT count(*) FROM flowella.api_keys"
-	" WHERE org_id = $1 AND revoked_at IS NULL"
-	"   AND (expires_at IS NULL OR expires_at > $2)",
-	2, {UUIDOID, TIMESTAMPTZOID}
+	COUNT_ACTIVE_SQL("$1"),
+	1, {UUIDOID}
 };
 
 /* A (vanishingly rare) prefix or hash collision inserts nothing: retry. */
@@ -556,7 +567,7 @@ access_row(FlwlQuery *q, FunctionCallInfo fcinfo, int argno, bool read_only)
  * 42501 unless the actor is owner or admin of the org in argument argno
  * (a NULL org is one that does not exist); for_change also locks the
  * membership row.  Leaves the org's plan name and scopes in SPI_tuptable
- * row 0 (columns 1 and 2).
+ * row 0 (columns 1 and 2; for_change adds its count of active keys).
  */
 static void
 require_org_access(FunctionCallInfo fcinfo, int argno, bool for_change)
@@ -595,7 +606,7 @@ static void
 create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 		   Datum label, Datum scopes, bool scopes_null, FlwlMode mode,
 		   Datum expires_at, bool expires_null, Datum replaces,
-		   bool replaces_null, TimestampTz now)
+		   bool replaces_null, TimestampTz now, int64 active)
 {
 	char		token[FLWL_TOKEN_LEN];
 	unsigned char hash[FLWL_HASH_LEN];
@@ -603,13 +614,7 @@ create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 	Datum		args[10];
 	char		nulls[10];
 	Datum		key_id = (Datum) 0;
-	int64		active;
 	bool		isnull;
-
-	args[0] = org_id;
-	args[1] = TimestampTzGetDatum(now);
-	flwl_query_exec(&q_count_active, args, NULL, true, 1);
-	active = DatumGetInt64(result_value(1, &isnull));
 
 	PG_TRY();
 	{
@@ -681,9 +686,11 @@ apikey_create_body(PG_FUNCTION_ARGS)
 	Datum		scopes = (Datum) 0;
 	char	   *plan;
 	bool		isnull;
+	int64		active;
 
 	SPI_connect();
 	require_org_access(fcinfo, 0, true);
+	active = DatumGetInt64(result_value(3, &isnull));
 
 	check_label(fcinfo, 1, "label");
 	mode = check_mode(fcinfo, 3);
@@ -696,7 +703,7 @@ apikey_create_body(PG_FUNCTION_ARGS)
 
 	create_key(store, tupdesc, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1),
 			   scopes, PG_ARGISNULL(2), mode, PG_GETARG_DATUM(4), PG_ARGISNULL(4),
-			   (Datum) 0, true, now);
+			   (Datum) 0, true, now, active);
 
 	SPI_finish();
 	return (Datum) 0;
@@ -766,9 +773,11 @@ apikey_replace_body(PG_FUNCTION_ARGS)
 	}
 
 	mode_text = DatumGetTextPP(mode);
+	flwl_query_exec(&q_count_active, &org_id, NULL, true, 1);
 	create_key(store, tupdesc, org_id, label, scopes, scopes_null,
 			   flwl_mode_from_name(VARDATA_ANY(mode_text), VARSIZE_ANY_EXHDR(mode_text)),
-			   expires_at, expires_null, PG_GETARG_DATUM(0), false, now);
+			   expires_at, expires_null, PG_GETARG_DATUM(0), false, now,
+			   DatumGetInt64(result_value(1, &isnull)));
 
 	SPI_finish();
 	return (Datum) 0;
