@@ -29,3 +29,9 @@ PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# Run the regression suite once against a server under valgrind memcheck
+# (slow; not part of scripts/test.sh).  See the README.
+.PHONY: valgrind
+valgrind:
+	bash $(srcdir)/scripts/valgrind.sh

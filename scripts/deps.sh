@@ -21,9 +21,13 @@ fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
-make -s PG_CONFIG="$PG_CONFIG"
-if [ "$(id -u)" -eq 0 ]; then
-    make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
-else
-    sudo make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
+# DEPS_PACKAGES_ONLY=1: packages only, no build and no install into the
+# system PostgreSQL (scripts/valgrind.sh installs into a private copy).
+if [ -z "${DEPS_PACKAGES_ONLY:-}" ]; then
+    make -s PG_CONFIG="$PG_CONFIG"
+    if [ "$(id -u)" -eq 0 ]; then
+        make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
+    else
+        sudo make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
+    fi
 fi
