@@ -35,6 +35,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
+#include "commands/extension.h"
 #include "catalog/pg_type_d.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -364,31 +365,48 @@ forget_database(Oid dbid)
 void
 flowella_usage_launcher_main(Datum main_arg)
 {
+	TimestampTz last_round;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	/* no database: shared catalogs only, to see which databases exist */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
+	last_round = GetCurrentTimestamp();
 	while (!ShutdownRequestPending)
 	{
 		Oid		   *dbids;
 		int			ndb = 0;
 		HASH_SEQ_STATUS seq;
 		UsageEntry *entry;
+		TimestampTz next_round;
+		TimestampTz now;
 
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 usage_flush_interval * 1000L, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
-
-		if (ConfigReloadPending)
+		/*
+		 * Sleep until a whole interval has passed since the last round.  The
+		 * latch is also set by a reload and by our own workers' exits: such
+		 * a wake-up must not start a round early, or a key in constant use
+		 * would be written more than once per interval.
+		 */
+		next_round = TimestampTzPlusMilliseconds(last_round,
+												 usage_flush_interval * 1000L);
+		now = GetCurrentTimestamp();
+		if (now < next_round)
 		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 TimestampDifferenceMilliseconds(now, next_round),
+							 PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+			}
+			continue;
 		}
-		if (ShutdownRequestPending)
-			break;
+		last_round = now;
 
 		/* the distinct databases with pending uses */
 		LWLockAcquire(usage->lock, LW_SHARED);
@@ -420,53 +438,15 @@ flowella_usage_launcher_main(Datum main_arg)
 /*---- Flush worker ----*/
 
 /*
- * Write one database's pending uses.  Rows locked by another transaction
- * are skipped, never waited for, and stay pending for the next round.
- * Entries leave shared memory only once their write has committed (and the
- * counters are updated), so "pending = 0" means "written".
+ * One flush transaction: write the newest use of each of the n keys (ids,
+ * whens) and set done[i] for those now written, already newer or gone.
+ * Returns the number of rows updated.
  */
-void
-flowella_usage_flush_main(Datum main_arg)
+static uint64
+flush_database(int n, Datum *ids, Datum *whens, bool *done)
 {
-	Oid			dbid = DatumGetObjectId(main_arg);
-	HASH_SEQ_STATUS seq;
-	UsageEntry *entry;
-	UsageKey   *keys;
-	Datum	   *ids;
-	Datum	   *whens;
-	bool	   *done;
-	int			n = 0;
-	int			capacity;
 	Datum		args[2];
 	uint64		updated = 0;
-
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
-
-	/* copy this database's entries */
-	LWLockAcquire(usage->lock, LW_SHARED);
-	capacity = hash_get_num_entries(usage_hash) + 1;
-	keys = palloc(sizeof(UsageKey) * capacity);
-	ids = palloc(sizeof(Datum) * capacity);
-	whens = palloc(sizeof(Datum) * capacity);
-	hash_seq_init(&seq, usage_hash);
-	while ((entry = hash_seq_search(&seq)) != NULL)
-	{
-		if (entry->key.dbid != dbid)
-			continue;
-		keys[n] = entry->key;
-		ids[n] = UUIDPGetDatum(&keys[n].key_id);
-		SpinLockAcquire(&entry->mutex);
-		whens[n] = TimestampTzGetDatum(entry->last_used);
-		SpinLockRelease(&entry->mutex);
-		n++;
-	}
-	LWLockRelease(usage->lock);
-
-	if (n == 0)
-		proc_exit(0);
-	done = palloc0(sizeof(bool) * n);
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -474,8 +454,13 @@ flowella_usage_flush_main(Datum main_arg)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "flowella: flushing last_used_at");
 
-	/* the extension may have been dropped from this database meanwhile */
-	if (OidIsValid(get_namespace_oid("flowella", true)))
+	/*
+	 * The extension may have been dropped from this database meanwhile (its
+	 * schema outlives it: CREATE EXTENSION made the schema, not the script).
+	 */
+	if (!OidIsValid(get_extension_oid("flowella_apikey", true)))
+		memset(done, true, sizeof(bool) * n);
+	else
 	{
 		args[0] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 		args[1] = PointerGetDatum(construct_array(whens, n, TIMESTAMPTZOID, sizeof(TimestampTz),
@@ -518,12 +503,78 @@ flowella_usage_flush_main(Datum main_arg)
 				done[idx] = true;
 		}
 	}
-	else
-		memset(done, true, sizeof(bool) * n);
 
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	return updated;
+}
+
+/*
+ * Write one database's pending uses.  Rows locked by another transaction
+ * are skipped, never waited for, and stay pending for the next round.
+ * Entries leave shared memory only once their write has committed (and the
+ * counters are updated), so "pending = 0" means "written".
+ */
+void
+flowella_usage_flush_main(Datum main_arg)
+{
+	Oid			dbid = DatumGetObjectId(main_arg);
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	UsageKey   *keys;
+	Datum	   *ids;
+	Datum	   *whens;
+	bool	   *done;
+	int			n = 0;
+	int			capacity;
+	volatile uint64 updated = 0;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+
+	/* copy this database's entries */
+	LWLockAcquire(usage->lock, LW_SHARED);
+	capacity = hash_get_num_entries(usage_hash) + 1;
+	keys = palloc(sizeof(UsageKey) * capacity);
+	ids = palloc(sizeof(Datum) * capacity);
+	whens = palloc(sizeof(Datum) * capacity);
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->key.dbid != dbid)
+			continue;
+		keys[n] = entry->key;
+		ids[n] = UUIDPGetDatum(&keys[n].key_id);
+		SpinLockAcquire(&entry->mutex);
+		whens[n] = TimestampTzGetDatum(entry->last_used);
+		SpinLockRelease(&entry->mutex);
+		n++;
+	}
+	LWLockRelease(usage->lock);
+
+	if (n == 0)
+		proc_exit(0);
+	done = palloc0(sizeof(bool) * n);
+
+	/*
+	 * An error (say, a table changed under us) is logged and costs the
+	 * entries one retry, so that they cannot stay pending forever.
+	 */
+	PG_TRY();
+	{
+		updated = flush_database(n, ids, whens, done);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(TopMemoryContext);
+		EmitErrorReport();
+		AbortCurrentTransaction();
+		FlushErrorState();
+		memset(done, false, sizeof(bool) * n);
+	}
+	PG_END_TRY();
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	pg_atomic_fetch_add_u64(&usage->flushed, updated);

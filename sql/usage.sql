@@ -85,6 +85,37 @@ SELECT regress_wait_for_flush() AS flushed;
 SELECT last_used_at > :'hot_before' AS moved_forward
   FROM flowella.api_keys WHERE key_id = :'hot_id';
 
+-- A key in constant use for 6 seconds, with a 2-second interval, costs one
+-- row update per interval: 3, give or take the rounds at the edges; never
+-- more, whatever wakes the launcher early (here a reload every half second;
+-- also its own workers' exits).
+CREATE TEMP TABLE regress_hot AS SELECT :'hot'::text AS token;
+SELECT rows_updated AS updated_before FROM flowella.usage_stats() \gset
+DO $$
+DECLARE
+	stop timestamptz := clock_timestamp() + interval '6 seconds';
+	hot text := (SELECT token FROM regress_hot);
+	n int := 0;
+BEGIN
+	WHILE clock_timestamp() < stop LOOP
+		PERFORM flowella.apikey_verify(hot);
+		PERFORM pg_sleep(0.01);
+		n := n + 1;
+		IF n % 50 = 0 THEN
+			PERFORM pg_reload_conf();
+		END IF;
+	END LOOP;
+END
+$$;
+SELECT rows_updated - :updated_before AS row_updates FROM flowella.usage_stats() \gset
+SELECT :row_updates BETWEEN 2 AND 4 AS one_update_per_interval \gset
+\echo one update per interval: :one_update_per_interval
+\if :one_update_per_interval
+\else
+\echo row updates in 6 s: :row_updates
+\endif
+DROP TABLE regress_hot;
+
 -- The interval cannot be set above 60 seconds.
 ALTER SYSTEM SET flowella.usage_flush_interval = 61;
 \echo :LAST_ERROR_SQLSTATE

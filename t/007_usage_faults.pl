@@ -1,0 +1,92 @@
+# Last-used tracking under faults: a flush that fails (here, a trigger that
+# refuses the update) is logged and retried a bounded number of times, then
+# the use is given up; uses pending when the extension is dropped are
+# forgotten instead of failing every interval.  Nothing stays pending
+# forever, and nothing is written that should not be.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('usage_faults');
+$node->init;
+$node->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'flowella_apikey'
+flowella.usage_flush_interval = 1
+});
+$node->start;
+
+my $owner = 'f1000000-0000-4000-8000-000000000001';
+sub make_key
+{
+	$node->safe_psql('postgres', qq{
+		SELECT flowella.plan_set('pro', ARRAY['messages:send'], true);
+		SELECT flowella.org_create('Faults Ltd', 'pro', '$owner')
+		 WHERE NOT EXISTS (SELECT 1 FROM flowella.orgs);
+	});
+	my $out = $node->safe_psql('postgres', qq{
+		BEGIN;
+		SELECT flowella.set_actor('$owner');
+		SELECT token FROM flowella.apikey_create((SELECT org_id FROM flowella.orgs), 'k');
+		COMMIT;
+	});
+	return (grep { /^flwl_/ } split /\n/, $out)[0];
+}
+
+sub count_in_log
+{
+	my ($pattern, $from) = @_;
+	my $log = substr(slurp_file($node->logfile), $from);
+	my @hits = $log =~ /$pattern/g;
+	return scalar @hits;
+}
+
+$node->safe_psql('postgres', 'CREATE EXTENSION flowella_apikey');
+my $token = make_key();
+
+# Fault 1: every flush of this key fails.
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION refuse_flush() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		RAISE EXCEPTION 'flush fault injected';
+	END $$;
+	CREATE TRIGGER refuse_flush BEFORE UPDATE OF last_used_at ON flowella.api_keys
+		FOR EACH ROW EXECUTE FUNCTION refuse_flush();
+});
+my $log_start = -s $node->logfile;
+is($node->safe_psql('postgres', "SELECT code FROM flowella.apikey_verify('$token')"),
+	'VALID', 'verify answers while flushes fail');
+ok($node->poll_query_until('postgres',
+		'SELECT pending = 0 FROM flowella.usage_stats()'),
+	'a use whose flush keeps failing is given up, not kept forever');
+my $failures = count_in_log(qr/flush fault injected/, $log_start);
+cmp_ok($failures, '>=', 1, "the failing flush was logged ($failures times)");
+cmp_ok($failures, '<=', 6, 'and retried a bounded number of times');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM flowella.api_keys WHERE last_used_at IS NOT NULL'),
+	'0', 'nothing was written');
+is($node->safe_psql('postgres', 'SELECT code FROM flowella.apikey_verify(\'' . $token . '\')'),
+	'VALID', 'verify still answers');
+$node->safe_psql('postgres', 'DROP TRIGGER refuse_flush ON flowella.api_keys; DROP FUNCTION refuse_flush()');
+ok($node->poll_query_until('postgres',
+		'SELECT count(*) = 1 FROM flowella.api_keys WHERE last_used_at IS NOT NULL'),
+	'once the fault is gone, the next use is written');
+
+# Fault 2: uses pending when the extension is dropped.
+$log_start = -s $node->logfile;
+$node->safe_psql('postgres', qq{
+	BEGIN;
+	SELECT flowella.apikey_verify('$token');
+	DROP EXTENSION flowella_apikey;
+	COMMIT;
+});
+# four flush intervals with the extension gone (its schema stays behind)
+sleep 4;
+my $missing = count_in_log(qr/relation "flowella\.api_keys" does not exist/, $log_start);
+cmp_ok($missing, '<=', 1, "a dropped extension's uses are not retried every interval ($missing errors)");
+$node->safe_psql('postgres', 'CREATE EXTENSION flowella_apikey');
+is($node->safe_psql('postgres', 'SELECT pending FROM flowella.usage_stats()'),
+	'0', 'nothing of the dropped extension is pending');
+
+$node->stop;
+done_testing();
