@@ -105,13 +105,19 @@ static FlwlQuery q_count_active = {
 	1, {UUIDOID}
 };
 
-/* A (vanishingly rare) prefix or hash collision inserts nothing: retry. */
+/*
+ * A prefix collision inserts nothing: retry with a new token.  Only the
+ * prefix is an arbiter: prefixes (8 base62 characters, 47 bits) start to
+ * repeat among some ten million keys, while a random key_id (122 bits) or
+ * the hash of a fresh 190-bit secret never will, and each arbiter index
+ * costs a probe before the insert.
+ */
 static FlwlQuery q_insert_key = {
 	"INSERT INTO flowella.api_keys"
 	" (org_id, label, prefix, secret_hash, scopes, mode, created_at,"
 	"  created_by, expires_at, replaces_key_id)"
 	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-	" ON CONFLICT DO NOTHING RETURNING key_id",
+	" ON CONFLICT (prefix) DO NOTHING RETURNING key_id",
 	10, {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTARRAYOID, TEXTOID,
 	TIMESTAMPTZOID, UUIDOID, TIMESTAMPTZOID, UUIDOID}
 };
