@@ -4,7 +4,12 @@
 # Prints TPS and ratios; timings are noisy, so read the ratios, not the TPS.
 #
 #   bash bench/run.sh            # build, install, run (about 8 minutes)
-#   BENCH_SECONDS=5 bash bench/run.sh   # shorter runs
+#   BENCH_SECONDS=3 BENCH_ROUNDS=3 bash bench/run.sh   # a quicker look
+#
+# The machine this was written on swings by a third between two runs of the
+# same script a minute apart, so every comparison is made round by round
+# (the scripts of a round run back to back) and the median over the rounds
+# of each round's ratio is what counts.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${BENCH_INSIDE:-}" ]; then
@@ -16,7 +21,8 @@ if [ -z "${BENCH_INSIDE:-}" ]; then
 fi
 
 cd "$here/bench"
-secs=${BENCH_SECONDS:-15}
+secs=${BENCH_SECONDS:-6}
+rounds=${BENCH_ROUNDS:-5}
 owner=11111111-1111-4111-8111-111111111111
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
@@ -63,9 +69,18 @@ tps() {   # db script
 }
 
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
+median() { printf "%s\n" "$@" | sort -g | awk '{ v[NR] = $1 }
+    END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# median over the rounds of the per-round ratio of two arrays of TPS
+ratio_median() {   # name-of-array-a name-of-array-b
+    local -n xa=$1 xb=$2
+    local rs=() i
+    for i in "${!xa[@]}"; do rs+=("$(ratio "${xa[$i]}" "${xb[$i]}")"); done
+    echo "$(median "${rs[@]}")   (rounds: ${rs[*]})"
+}
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r); PostgreSQL $(psql -XAtc 'show server_version')"
-echo "pgbench -M prepared -c 4 -j 2 -T $secs; two rounds A B A B"
+echo "pgbench -M prepared -c 4 -j 2 -T $secs; $rounds rounds of A B C D"
 echo
 
 setup_db bench
@@ -90,24 +105,30 @@ for p in 0 1 2 3 4; do
 done
 printf "plpgsql create : %.0f keys/s\n" "$(echo "50000 / $ctotal" | bc -l)"
 printf "apikey_create  : %.0f keys/s\n" "$(echo "50000 / $dtotal" | bc -l)"
-create_ratio=$(printf "%s\n" "${pair_ratios[@]}" | sort -n | sed -n 3p)
+create_ratio=$(median "${pair_ratios[@]}")
 echo "apikey_create speed / plpgsql create speed = $create_ratio (median of pairs; $(echo "scale=2; $ctotal / $dtotal" | bc -l) over all)   (target >= 1.5)"
 psql_q -d bench -c "VACUUM ANALYZE"
 echo "keys in table: $(psql -XAt -d bench -c 'SELECT count(*) FROM flowella.api_keys')"
 echo
 
 echo "== verify at 100 000 keys"
-declare -A r1 r2
-for s in a_floor b_lookup c_plpgsql d_verify; do r1[$s]=$(tps bench $s.sql); done
-for s in a_floor b_lookup c_plpgsql d_verify; do r2[$s]=$(tps bench $s.sql); done
-declare -A avg
-for s in a_floor b_lookup c_plpgsql d_verify; do
-    avg[$s]=$(echo "(${r1[$s]} + ${r2[$s]}) / 2" | bc -l)
-    printf "%-10s  %9.0f %9.0f  mean %9.0f TPS\n" "$s" "${r1[$s]}" "${r2[$s]}" "${avg[$s]}"
+a_floor=(); b_lookup=(); c_plpgsql=(); d_verify=()
+for _ in $(seq 1 "$rounds"); do
+    for script in a_floor b_lookup c_plpgsql d_verify; do
+        declare -n runs=$script
+        runs+=("$(tps bench $script.sql)")
+        unset -n runs
+    done
 done
-echo "(d) / (b) = $(ratio "${avg[d_verify]}" "${avg[b_lookup]}")   (target >= 0.9)"
-echo "(d) / (c) = $(ratio "${avg[d_verify]}" "${avg[c_plpgsql]}")   (target >= 1.4)"
-echo "(b) / (a) = $(ratio "${avg[b_lookup]}" "${avg[a_floor]}")"
+for script in a_floor b_lookup c_plpgsql d_verify; do
+    declare -n runs=$script
+    printf "%-10s median %7.0f TPS   (rounds: %s)\n" "$script" "$(median "${runs[@]}")" \
+        "$(printf "%.0f " "${runs[@]}")"
+    unset -n runs
+done
+echo "(d) / (b) = $(ratio_median d_verify b_lookup)   (target >= 0.9)"
+echo "(d) / (c) = $(ratio_median d_verify c_plpgsql)   (target >= 1.4)"
+echo "(b) / (a) = $(ratio_median b_lookup a_floor)"
 echo
 
 echo "== verify at 10 000 keys vs 1 000 000 keys"
@@ -125,12 +146,13 @@ ON CONFLICT DO NOTHING;
 VACUUM ANALYZE flowella.api_keys;
 SQL
 echo "keys: small $(psql -XAt -d small -c 'SELECT count(*) FROM flowella.api_keys'), large $(psql -XAt -d bench -c 'SELECT count(*) FROM flowella.api_keys')"
-s1=$(tps small d_verify.sql); l1=$(tps bench d_verify.sql)
-s2=$(tps small d_verify.sql); l2=$(tps bench d_verify.sql)
-small=$(echo "($s1 + $s2) / 2" | bc -l); large=$(echo "($l1 + $l2) / 2" | bc -l)
-printf "d_verify @10k  %9.0f %9.0f  mean %9.0f TPS\n" "$s1" "$s2" "$small"
-printf "d_verify @1M   %9.0f %9.0f  mean %9.0f TPS\n" "$l1" "$l2" "$large"
-echo "(d @1M) / (d @10k) = $(ratio "$large" "$small")   (target >= 0.9)"
+sm=(); lg=()
+for _ in $(seq 1 "$rounds"); do
+    sm+=("$(tps small d_verify.sql)"); lg+=("$(tps bench d_verify.sql)")
+done
+printf "d_verify @10k  median %7.0f TPS   (rounds: %s)\n" "$(median "${sm[@]}")" "$(printf "%.0f " "${sm[@]}")"
+printf "d_verify @1M   median %7.0f TPS   (rounds: %s)\n" "$(median "${lg[@]}")" "$(printf "%.0f " "${lg[@]}")"
+echo "(d @1M) / (d @10k) = $(ratio_median lg sm)   (target >= 0.9)"
 echo
 
 echo "== 2 000 verifies of one hot key (flush interval 2 s)"
