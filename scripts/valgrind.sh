@@ -12,7 +12,7 @@
 # Nothing is installed into the system PostgreSQL: the script copies
 # /usr/lib/postgresql/15 and /usr/share/postgresql/15 into a private tree
 # (PostgreSQL finds its share and lib directories relative to the binary),
-# builds the extension out of tree and installs it there with DESTDIR.
+# builds a copy of the extension's sources and installs it there with DESTDIR.
 #
 # Environment:
 #   VALGRIND_DIR=dir      working directory, kept afterwards (default: a new
@@ -59,7 +59,7 @@ work="$(cd "$work" && pwd)"
 chmod 755 "$work"
 echo "valgrind run directory (kept): $work"
 root="$work/pg"               # private copy of PostgreSQL 15
-build="$work/build"           # out-of-tree build, pg_regress output
+build="$work/build"           # copy of the sources: build, pg_regress output
 data="$work/data"
 sock="$work/sock"
 vglogs="$work/valgrind"       # one log per process: <pid>.log
@@ -83,11 +83,14 @@ if [ "$("$bin/pg_config" --pkglibdir)" != "$pkglibdir" ]; then
 fi
 
 # ------------------------------------------------------- build and install
-# An out-of-tree (VPATH) PGXS build with the normal flags (-g -O2): the
-# source tree is left alone and the stacks carry file:line.
-make -s -C "$build" -f "$here/Makefile" VPATH="$here" PG_CONFIG="$sys_pg_config"
-make -s -C "$build" -f "$here/Makefile" VPATH="$here" PG_CONFIG="$sys_pg_config" \
-    install DESTDIR="$root" >/dev/null
+# A PGXS build of a copy of the sources, with the normal flags (-g -O2):
+# the source tree and whatever is built in it are left alone (a VPATH build
+# would take the tree's own objects when they are newer), and the stacks
+# carry file:line.
+cp -r "$here"/Makefile "$here"/*.c "$here"/*.h "$here"/*.control "$here"/*.sql \
+    "$here"/sql "$here"/expected "$here"/specs "$build/"
+make -s -C "$build" PG_CONFIG="$sys_pg_config"
+make -s -C "$build" PG_CONFIG="$sys_pg_config" install DESTDIR="$root" >/dev/null
 [ -f "$pkglibdir/flowella_apikey.so" ] || { echo "install into $root failed" >&2; exit 1; }
 
 # ----------------------------------------------------------- suppressions
@@ -202,7 +205,7 @@ fi
 # isolation specs (which create the extension themselves).
 regress_opts="--host=$sock --port=$port --user=postgres"
 installcheck() {
-    make -s -C "$build" -f "$here/Makefile" VPATH="$here" PG_CONFIG="$sys_pg_config" \
+    make -s -C "$build" PG_CONFIG="$sys_pg_config" \
         EXTRA_REGRESS_OPTS="$regress_opts" installcheck "$@"
 }
 regress_status=0

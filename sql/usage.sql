@@ -48,15 +48,23 @@ SELECT code FROM flowella.apikey_verify(:'warm');
 SELECT regress_wait_for_flush() AS flushed;
 SELECT rows_updated AS updated_before FROM flowella.usage_stats() \gset
 
--- 2 000 uses of one key within one interval...
+-- 2 000 uses of one key within one interval...  (They take a fraction of a
+-- second.  Under valgrind they take seconds and flush rounds fall among
+-- them: then the bound is one row update per round.)
+SELECT flushes AS flushes_before FROM flowella.usage_stats() \gset
+SELECT clock_timestamp() AS t0 \gset
 SELECT count(*) FILTER (WHERE (flowella.apikey_verify(:'hot')).valid) AS valid_uses
   FROM generate_series(1, 2000);
+SELECT clock_timestamp() - :'t0'::timestamptz > interval '1 second' AS slow \gset
 -- ...verify wrote no row itself: last_used_at is still empty,
-SELECT last_used_at IS NULL AS not_yet_written
+SELECT last_used_at IS NULL OR :'slow'::boolean AS not_yet_written
   FROM flowella.api_keys WHERE key_id = :'hot_id';
 -- ...and after the next flush it is set, by exactly one row update.
 SELECT regress_wait_for_flush() AS flushed;
-SELECT rows_updated - :updated_before AS row_updates FROM flowella.usage_stats();
+SELECT CASE WHEN :'slow'::boolean
+            THEN rows_updated - :updated_before BETWEEN 1 AND flushes - :flushes_before
+            ELSE rows_updated - :updated_before = 1 END AS one_row_update
+  FROM flowella.usage_stats();
 SELECT last_used_at > now() - interval '1 minute' AS recent,
        last_used_at <= clock_timestamp() AS not_in_future
   FROM flowella.api_keys WHERE key_id = :'hot_id';
@@ -86,9 +94,10 @@ SELECT last_used_at > :'hot_before' AS moved_forward
   FROM flowella.api_keys WHERE key_id = :'hot_id';
 
 -- A key in constant use for 6 seconds, with a 2-second interval, costs one
--- row update per interval: 3, give or take the rounds at the edges; never
--- more, whatever wakes the launcher early (here a reload every half second;
--- also its own workers' exits).
+-- row update per interval: 3, give or take the rounds at the edges (fewer
+-- under valgrind, where starting a flush worker takes seconds); never more,
+-- whatever wakes the launcher early (here a reload every half second; also
+-- its own workers' exits).
 CREATE TEMP TABLE regress_hot AS SELECT :'hot'::text AS token;
 SELECT rows_updated AS updated_before FROM flowella.usage_stats() \gset
 DO $$
@@ -108,7 +117,7 @@ BEGIN
 END
 $$;
 SELECT rows_updated - :updated_before AS row_updates FROM flowella.usage_stats() \gset
-SELECT :row_updates BETWEEN 2 AND 4 AS one_update_per_interval \gset
+SELECT :row_updates BETWEEN 1 AND 4 AS one_update_per_interval \gset
 \echo one update per interval: :one_update_per_interval
 \if :one_update_per_interval
 \else
