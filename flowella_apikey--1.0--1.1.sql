@@ -11,7 +11,7 @@
  * Keys, tokens, audit records and their numbering are untouched: the new
  * constraint is validated against every existing row as it is added.
  * The same rules as the install script hold: every name schema-qualified,
- * nothing granted to PUBLIC.
+ * no privilege for PUBLIC.
  */
 
 -- complain if script is sourced in psql, rather than via ALTER EXTENSION
