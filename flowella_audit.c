@@ -102,20 +102,28 @@ record_add(AuditRecord *rec, Datum value, bool isnull)
 	rec->n++;
 }
 
+/* Column name of tuple, from the relation the trigger fired on. */
+static Datum
+column_value(TriggerData *trigdata, HeapTuple tuple, const char *name,
+			 bool *isnull)
+{
+	TupleDesc	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	int			attnum = SPI_fnumber(tupdesc, name);
+
+	if (attnum <= 0)
+		elog(ERROR, "column \"%s\" of relation \"%s\" does not exist", name,
+			 RelationGetRelationName(trigdata->tg_relation));
+	return heap_getattr(tuple, attnum, tupdesc, isnull);
+}
+
 /* Add column name of tuple to the record. */
 static void
 record_add_column(AuditRecord *rec, TriggerData *trigdata, HeapTuple tuple,
 				  const char *name)
 {
-	TupleDesc	tupdesc = RelationGetDescr(trigdata->tg_relation);
-	int			attnum = SPI_fnumber(tupdesc, name);
-	Datum		value;
 	bool		isnull;
+	Datum		value = column_value(trigdata, tuple, name, &isnull);
 
-	if (attnum <= 0)
-		elog(ERROR, "column \"%s\" of relation \"%s\" does not exist", name,
-			 RelationGetRelationName(trigdata->tg_relation));
-	value = heap_getattr(tuple, attnum, tupdesc, &isnull);
 	record_add(rec, value, isnull);
 }
 
@@ -198,15 +206,11 @@ audit_trigger_data(FunctionCallInfo fcinfo, const char *funcname)
 static bool
 column_changed(TriggerData *trigdata, const char *name, Oid eqfunc)
 {
-	TupleDesc	tupdesc = RelationGetDescr(trigdata->tg_relation);
-	int			attnum = SPI_fnumber(tupdesc, name);
 	bool		oldnull,
 				newnull;
-	Datum		oldval,
-				newval;
+	Datum		oldval = column_value(trigdata, trigdata->tg_trigtuple, name, &oldnull);
+	Datum		newval = column_value(trigdata, trigdata->tg_newtuple, name, &newnull);
 
-	oldval = heap_getattr(trigdata->tg_trigtuple, attnum, tupdesc, &oldnull);
-	newval = heap_getattr(trigdata->tg_newtuple, attnum, tupdesc, &newnull);
 	if (oldnull || newnull)
 		return oldnull != newnull;
 	return !DatumGetBool(OidFunctionCall2Coll(eqfunc, DEFAULT_COLLATION_OID,
@@ -216,9 +220,10 @@ column_changed(TriggerData *trigdata, const char *name, Oid eqfunc)
 static bool
 column_is_null(TriggerData *trigdata, HeapTuple tuple, const char *name)
 {
-	TupleDesc	tupdesc = RelationGetDescr(trigdata->tg_relation);
+	bool		isnull;
 
-	return heap_attisnull(tuple, SPI_fnumber(tupdesc, name), tupdesc);
+	(void) column_value(trigdata, tuple, name, &isnull);
+	return isnull;
 }
 
 /*
