@@ -166,7 +166,6 @@ static void vrels_load(void);
 static bool probe_unique(Relation heap, Relation index, RegProcedure eqproc,
 						 Oid collation, Datum key, Snapshot snapshot,
 						 TupleTableSlot *slot);
-static bool scopes_contain(Datum scopes, text *scope);
 static Datum fetch_column(Oid relid, Oid indexid, RegProcedure eqproc,
 						  Oid collation, Datum key, AttrNumber attnum,
 						  Snapshot snapshot);
@@ -628,28 +627,6 @@ flowella_plan_cache_invalidate(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
-/* Whether a text[] holds scope. */
-static bool
-scopes_contain(Datum scopes, text *scope)
-{
-	ArrayType  *arr = DatumGetArrayTypeP(scopes);
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-	size_t		len = VARSIZE_ANY_EXHDR(scope);
-
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
-	for (int i = 0; i < n; i++)
-	{
-		text	   *e = DatumGetTextPP(elems[i]);
-
-		if (!nulls[i] && VARSIZE_ANY_EXHDR(e) == len &&
-			memcmp(VARDATA_ANY(e), VARDATA_ANY(scope), len) == 0)
-			return true;
-	}
-	return false;
-}
-
 /* Byte order of two text Datums, for qsort and bsearch. */
 int
 flwl_text_datum_cmp(const void *a, const void *b)
@@ -698,26 +675,30 @@ flwl_scope_set_has(const FlwlScopeSet *set, Datum scope)
  * The scopes a key may use now: its own (or, when NULL, all of its plan's)
  * that its organisation's plan still offers.
  */
-Datum
+FlwlScopeSet
 flwl_effective_scopes(Datum key_scopes, bool key_scopes_null,
 					  const FlwlScopeSet *plan)
 {
-	Datum	   *elems;
+	FlwlScopeSet set;
 	bool	   *nulls;
 	int			n;
-	int			kept = 0;
 
 	if (key_scopes_null)
-		return plan->array;
+		return *plan;
 
 	deconstruct_array(DatumGetArrayTypeP(key_scopes), TEXTOID, -1, false,
-					  TYPALIGN_INT, &elems, &nulls, &n);
+					  TYPALIGN_INT, &set.elems, &nulls, &n);
+	set.n = 0;
 	for (int i = 0; i < n; i++)
-		if (!nulls[i] && flwl_scope_set_has(plan, elems[i]))
-			elems[kept++] = elems[i];
+		if (!nulls[i] && flwl_scope_set_has(plan, set.elems[i]))
+			set.elems[set.n++] = set.elems[i];
 
-	return PointerGetDatum(construct_array(elems, kept, TEXTOID, -1, false,
-										   TYPALIGN_INT));
+	/* the array keeps the key's order; the elements are sorted for lookups */
+	set.array = PointerGetDatum(construct_array(set.elems, set.n, TEXTOID, -1,
+												false, TYPALIGN_INT));
+	if (set.n > 1)
+		qsort(set.elems, set.n, sizeof(Datum), flwl_text_datum_cmp);
+	return set;
 }
 
 /*
@@ -862,15 +843,18 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 			{
 				Datum		key_scopes;
 				bool		key_scopes_null;
+				FlwlScopeSet effective;
 
 				/* read while the slot still pins its page */
 				key_scopes = slot_getattr(slot, vrels.k_scopes, &key_scopes_null);
-				scopes = flwl_effective_scopes(key_scopes, key_scopes_null,
-											   plan_scopes_of_org(org_id, snapshot));
+				effective = flwl_effective_scopes(key_scopes, key_scopes_null,
+												  plan_scopes_of_org(org_id, snapshot));
+				scopes = effective.array;
 				scopes_null = false;
 
 				if (!PG_ARGISNULL(1) &&
-					!scopes_contain(scopes, PG_GETARG_TEXT_PP(1)))
+					!flwl_scope_set_has(&effective,
+										PointerGetDatum(PG_GETARG_TEXT_PP(1))))
 					code = VC_INSUFFICIENT_SCOPE;
 				else
 					flwl_usage_record(DatumGetUUIDP(key_id), now);

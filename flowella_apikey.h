@@ -71,10 +71,10 @@ extern bool flwl_scope_set_has(const FlwlScopeSet *set, Datum scope);
 
 /*
  * The scopes a key may use now: its own (all of the plan's when NULL) that
- * the plan still offers.
+ * the plan still offers; the array keeps the key's order.
  */
-extern Datum flwl_effective_scopes(Datum key_scopes, bool key_scopes_null,
-								   const FlwlScopeSet *plan);
+extern FlwlScopeSet flwl_effective_scopes(Datum key_scopes, bool key_scopes_null,
+										  const FlwlScopeSet *plan);
 
 /* Last-used tracking (flowella_usage.c) */
 extern void flwl_usage_init(void);

@@ -767,10 +767,10 @@ apikey_replace_body(PG_FUNCTION_ARGS)
 	if (!scopes_null)
 	{
 		FlwlScopeSet offered = flwl_scope_set(result_value(8, &isnull));
+		FlwlScopeSet kept = flwl_effective_scopes(scopes, false, &offered);
 
-		scopes = flwl_effective_scopes(scopes, false, &offered);
-		if (ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(scopes)),
-						   ARR_DIMS(DatumGetArrayTypeP(scopes))) == 0)
+		scopes = kept.array;
+		if (kept.n == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("invalid scopes"),
