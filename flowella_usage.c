@@ -34,7 +34,6 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
-#include "catalog/namespace.h"
 #include "commands/extension.h"
 #include "catalog/pg_type_d.h"
 #include "executor/spi.h"
@@ -437,36 +436,30 @@ flowella_usage_launcher_main(Datum main_arg)
 
 /*---- Flush worker ----*/
 
+/* Run one of the flush queries over $1 uuid[] keys, $2 timestamptz[] uses. */
+static void
+flush_query(const char *sql, Datum *args, int expected)
+{
+	if (SPI_execute_with_args(sql, 2, (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID},
+							  args, NULL, false, 0) != expected)
+		elog(ERROR, "flowella usage flush query failed");
+}
+
 /*
- * One flush transaction: write the newest use of each of the n keys (ids,
- * whens) and set done[i] for those now written, already newer or gone.
- * Returns the number of rows updated.
+ * Write the newest use of each of the n keys (ids, whens) and set done[i]
+ * for those now written, already newer or gone.  Returns the number of rows
+ * updated.
  */
 static uint64
-flush_database(int n, Datum *ids, Datum *whens, bool *done)
+write_uses(int n, Datum *ids, Datum *whens, bool *done)
 {
 	Datum		args[2];
-	uint64		updated = 0;
+	uint64		updated;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "flowella: flushing last_used_at");
-
-	/*
-	 * The extension may have been dropped from this database meanwhile (its
-	 * schema outlives it: CREATE EXTENSION made the schema, not the script).
-	 */
-	if (!OidIsValid(get_extension_oid("flowella_apikey", true)))
-		memset(done, true, sizeof(bool) * n);
-	else
-	{
-		args[0] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-		args[1] = PointerGetDatum(construct_array(whens, n, TIMESTAMPTZOID, sizeof(TimestampTz),
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		if (SPI_execute_with_args(
-				"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(key_id, used_at)),"
+	args[0] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+	args[1] = PointerGetDatum(construct_array(whens, n, TIMESTAMPTZOID, sizeof(TimestampTz),
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	flush_query("WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(key_id, used_at)),"
 				" l AS (SELECT k.key_id, u.used_at FROM flowella.api_keys k"
 				"        JOIN u ON u.key_id OPERATOR(pg_catalog.=) k.key_id"
 				"       FOR UPDATE OF k SKIP LOCKED)"
@@ -475,34 +468,48 @@ flush_database(int n, Datum *ids, Datum *whens, bool *done)
 				"   FROM l WHERE k.key_id OPERATOR(pg_catalog.=) l.key_id"
 				"    AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) l.used_at)"
 				" RETURNING k.key_id",
-				2, (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID}, args, NULL,
-				false, 0) != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "flowella usage flush failed");
-		updated = SPI_processed;
+				args, SPI_OK_UPDATE_RETURNING);
+	updated = SPI_processed;
 
-		/*
-		 * Written, already newer, or gone: done.  The rest had their row
-		 * locked by another transaction.
-		 */
-		if (SPI_execute_with_args(
-				"SELECT u.ord::int4 - 1 FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(key_id, ord)"
+	/* Written, already newer, or gone: done.  The rest were locked by others. */
+	flush_query("SELECT u.ord::int4 - 1 FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(key_id, ord)"
 				" WHERE NOT EXISTS (SELECT 1 FROM flowella.api_keys k"
 				"                    WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id"
 				"                      AND (k.last_used_at IS NULL OR k.last_used_at"
 				"                           OPERATOR(pg_catalog.<) ($2::pg_catalog.timestamptz[])[u.ord]))",
-				2, (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID}, args, NULL,
-				false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "flowella usage flush check failed");
-		for (uint64 i = 0; i < SPI_processed; i++)
-		{
-			bool		isnull;
-			int			idx = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-														  SPI_tuptable->tupdesc, 1, &isnull));
+				args, SPI_OK_SELECT);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		int			idx = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+													  SPI_tuptable->tupdesc, 1, &isnull));
 
-			if (idx >= 0 && idx < n)
-				done[idx] = true;
-		}
+		if (idx >= 0 && idx < n)
+			done[idx] = true;
 	}
+	return updated;
+}
+
+/*
+ * One flush transaction (see write_uses).  If the extension has been
+ * dropped from this database meanwhile (its schema outlives it: CREATE
+ * EXTENSION made the schema, not the script), every use is done with.
+ */
+static uint64
+flush_database(int n, Datum *ids, Datum *whens, bool *done)
+{
+	uint64		updated = 0;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "flowella: flushing last_used_at");
+
+	if (OidIsValid(get_extension_oid("flowella_apikey", true)))
+		updated = write_uses(n, ids, whens, done);
+	else
+		memset(done, true, sizeof(bool) * n);
 
 	SPI_finish();
 	PopActiveSnapshot();
