@@ -6,11 +6,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FlowellaTest;
 
-my $node = PostgreSQL::Test::Cluster->new('redaction');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'flowella_apikey'
+my $node = preloaded_node('redaction', q{
 log_statement = 'all'
 log_min_duration_statement = 0
 log_min_error_statement = error
@@ -18,7 +16,6 @@ log_parameter_max_length = -1
 log_parameter_max_length_on_error = -1
 log_error_verbosity = verbose
 });
-$node->start;
 
 my $owner = 'b1000000-0000-4000-8000-000000000001';
 $node->safe_psql('postgres', qq{

@@ -9,13 +9,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FlowellaTest;
 
-my $node = PostgreSQL::Test::Cluster->new('dump');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'flowella_apikey'
+my $node = preloaded_node('dump', q{
 flowella.usage_flush_interval = 1
 });
-$node->start;
 
 my $owner = 'd1000000-0000-4000-8000-000000000001';
 my $other = 'd2000000-0000-4000-8000-000000000002';

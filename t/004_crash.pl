@@ -7,16 +7,13 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FlowellaTest;
 use IPC::Run;
 
-my $node = PostgreSQL::Test::Cluster->new('crash');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'flowella_apikey'
+my $node = preloaded_node('crash', q{
 flowella.usage_flush_interval = 1
 restart_after_crash = off
 });
-$node->start;
 
 my $owner = 'e1000000-0000-4000-8000-000000000001';
 $node->safe_psql('postgres', qq{

@@ -5,11 +5,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FlowellaTest;
 
-my $node = PostgreSQL::Test::Cluster->new('memory');
-$node->init;
-$node->append_conf('postgresql.conf', "shared_preload_libraries = 'flowella_apikey'");
-$node->start;
+my $node = preloaded_node('memory');
 
 my $owner = 'f1000000-0000-4000-8000-000000000001';
 $node->safe_psql('postgres', qq{

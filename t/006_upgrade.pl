@@ -10,13 +10,9 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FlowellaTest;
 
-my $node = PostgreSQL::Test::Cluster->new('upgrade');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'flowella_apikey'
+my $node = preloaded_node('upgrade', q{
 flowella.usage_flush_interval = 1
 });
-$node->start;
 
 my $default_version = $node->safe_psql('postgres',
 	"SELECT default_version FROM pg_available_extensions WHERE name = 'flowella_apikey'");

@@ -8,14 +8,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FlowellaTest;
 
-my $node = PostgreSQL::Test::Cluster->new('usage_faults');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'flowella_apikey'
+my $node = preloaded_node('usage_faults', q{
 flowella.usage_flush_interval = 1
 });
-$node->start;
 
 my $owner = 'f1000000-0000-4000-8000-000000000001';
 sub make_key

@@ -4,7 +4,21 @@ package FlowellaTest;
 use strict;
 use warnings;
 use Exporter 'import';
-our @EXPORT = qw(verify_uses snapshot_queries);
+use PostgreSQL::Test::Cluster;
+our @EXPORT = qw(preloaded_node verify_uses snapshot_queries);
+
+# A started node that preloads the library, as production runs it, with
+# any further postgresql.conf lines.
+sub preloaded_node
+{
+	my ($name, $conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf',
+		"shared_preload_libraries = 'flowella_apikey'\n" . ($conf // ''));
+	$node->start;
+	return $node;
+}
 
 # Verify every token once in $db and wait until the flush worker has
 # written last_used_at for the $expected keys that are usable.
