@@ -6,7 +6,8 @@
  *	  raises an error naming the bad field (PostgreSQL reads every CHECK
  *	  expression back from the catalog on each INSERT);
  *	- the audit triggers are written in C and insert as the owner of
- *	  audit_records; the plpgsql helper audit_write goes away.
+ *	  audit_records; the helpers of the plpgsql ones, audit_write and
+ *	  change_is_restore, go away.
  *
  * Keys, tokens, audit records and their numbering are untouched: the new
  * constraint is validated against every existing row as it is added.
@@ -57,6 +58,8 @@ DROP TRIGGER members_audit ON flowella.members;
 DROP FUNCTION flowella.api_keys_audit();
 DROP FUNCTION flowella.members_audit();
 DROP FUNCTION flowella.audit_write(uuid, uuid, text, jsonb);
+-- only the 1.0 plpgsql triggers called it; the C ones ask the library
+DROP FUNCTION flowella.change_is_restore();
 
 CREATE FUNCTION flowella.api_keys_audit()
 RETURNS trigger

@@ -237,13 +237,6 @@ RETURNS text
 AS 'MODULE_PATHNAME', 'flowella_actor_traceparent'
 LANGUAGE C STABLE;
 
--- True when a row arrives by a superuser's COPY/INSERT outside the API with
--- no actor set: a pg_restore or a bulk load, which is not audited anew.
-CREATE FUNCTION flowella.change_is_restore()
-RETURNS boolean
-AS 'MODULE_PATHNAME', 'flowella_change_is_restore'
-LANGUAGE C STABLE;
-
 -- Counters of last-used tracking (all zero unless preloaded).
 CREATE FUNCTION flowella.usage_stats(OUT pending bigint, OUT recorded bigint,
 									 OUT dropped bigint, OUT flushes bigint,

@@ -383,6 +383,10 @@ flwl_change_is_restore(void)
 		superuser_arg(GetOuterUserId());
 }
 
+/*
+ * change_is_restore(), called by the plpgsql audit triggers of version 1.0;
+ * kept so that a 1.0 schema works with this library until it is updated.
+ */
 Datum
 flowella_change_is_restore(PG_FUNCTION_ARGS)
 {
