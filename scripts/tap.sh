@@ -5,8 +5,11 @@
 # run (e.g. t/006_upgrade.pl); by default all of t/.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-bindir=$(/usr/lib/postgresql/15/bin/pg_config --bindir)
-pgxs=$(dirname "$(dirname "$(/usr/lib/postgresql/15/bin/pg_config --pgxs)")")
+# PG_CONFIG may name a private copy of PostgreSQL (as scripts/valgrind.sh
+# makes one); by default the system's.
+pg_config="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
+bindir=$("$pg_config" --bindir)
+pgxs=$(dirname "$(dirname "$("$pg_config" --pgxs)")")
 work=$(mktemp -d /tmp/flowella_tap.XXXXXX)
 cp -r "$here/t" "$work/"
 run=()
