@@ -11,7 +11,8 @@ OBJS = \
 	flowella_usage.o
 
 EXTENSION = flowella_apikey
-DATA = flowella_apikey--1.0.sql flowella_apikey--1.1.sql flowella_apikey--1.0--1.1.sql
+DATA = flowella_apikey--1.0.sql flowella_apikey--1.1.sql flowella_apikey--1.0--1.1.sql \
+	flowella_apikey--1.1--1.2.sql
 PGFILEDESC = "flowella_apikey - API keys for Flowella organisations"
 
 SHLIB_LINK += -lsodium

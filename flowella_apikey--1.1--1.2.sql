@@ -1,0 +1,21 @@
+/* flowella_apikey--1.1--1.2.sql
+ *
+ * 1.2 is the security release after 1.1; it changes no data:
+ *
+ *	- the audit triggers fire always, also under
+ *	  session_replication_role = replica, like the guard triggers: a
+ *	  committed change always has its record (restores are still told
+ *	  apart by the triggers themselves, not by the replication role).
+ *
+ * The same rules as the install script hold: every name schema-qualified,
+ * no privilege for PUBLIC.
+ */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION flowella_apikey UPDATE TO '1.2'" to load this file. \quit
+
+/*---- Audit triggers fire in every replication role ----*/
+
+ALTER TABLE flowella.api_keys ENABLE ALWAYS TRIGGER api_keys_audit;
+ALTER TABLE flowella.api_keys ENABLE ALWAYS TRIGGER api_keys_audit_update;
+ALTER TABLE flowella.members ENABLE ALWAYS TRIGGER members_audit;
