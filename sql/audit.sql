@@ -331,3 +331,22 @@ SELECT count(*) AS view_records FROM flowella.audit_events WHERE org_id = :'org'
 COMMIT;
 RESET ROLE;
 SELECT count(*) = :view_records AS view_shows_all FROM audit_trail;
+
+--
+-- session_replication_role = replica (a superuser's, or a role's granted
+-- SET on it) does not switch auditing off: a create, a scope change, a
+-- revoke and a member change each still write their record.
+--
+SELECT max(event_id) AS n6 FROM audit_trail \gset
+SET session_replication_role = replica;
+BEGIN;
+SELECT flowella.set_actor(:'owner') \gset
+SELECT key_id AS k6 FROM flowella.apikey_create(:'org', 'replica mode key') \gset
+SELECT flowella.apikey_set_scopes(:'k6', ARRAY['messages:read']);
+SELECT flowella.apikey_revoke(:'k6') IS NOT NULL AS revoked;
+SELECT flowella.member_set(:'org', :'member', 'read_only');
+COMMIT;
+RESET session_replication_role;
+SELECT action, key_id IS NOT DISTINCT FROM :'k6'::uuid AS is_k6,
+       actor_user_id = :'owner' AS by_owner
+  FROM audit_trail WHERE event_id > :n6 ORDER BY event_id;
