@@ -4,8 +4,9 @@
 # package is missing.  Sourced by scripts/demo.sh and scripts/test.sh.
 set -euo pipefail
 
+# libkrb5-dev: the server's libpq/libpq-be.h includes <gssapi/gssapi.h>.
 packages=(postgresql-15 postgresql-server-dev-15 libsodium-dev build-essential libipc-run-perl
-          libclang-rt-14-dev)
+          libclang-rt-14-dev libkrb5-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
