@@ -12,6 +12,24 @@
  * READ transaction.  It never raises for any text input: anything that does
  * not parse as a token answers MALFORMED before a table is touched.
  *
+ * The verify path keeps three per-backend caches: the OIDs and column
+ * numbers of its relations (vrels), each organisation's plan scopes (the
+ * plan cache) and the descriptor of its result row.  Their invalidation
+ * callback runs inside any call that accepts invalidation messages: locking
+ * a relation (table_open, index_open), a catalog lookup that misses the
+ * syscache, and detoasting a value, which opens its TOAST table.  Verify
+ * makes such calls after reading the caches, so two rules hold:
+ *
+ * - A lookup that fills a cache counts the invalidations that arrive while
+ *   it looks (a generation number) and starts again if one did, so that no
+ *   invalidation is lost.  OIDs from vrels are checked again once their
+ *   relations are locked, and verify works on its own copy of them.
+ * - Nothing read from a cache is used after such a call unless the cache is
+ *   pinned.  Verify pins the plan cache for its whole length: a reset while
+ *   pinned only retires the cache's memory, which is freed when the last
+ *   pin goes.  The result descriptor is looked up and used with no such
+ *   call in between.
+ *
  * The actor lives in backend-local memory, not in a GUC, so that no role
  * can claim one with a plain SET: only set_actor, granted to the manager
  * and admin roles, sets it.  It lasts until the end of the transaction and
@@ -28,6 +46,7 @@
 #include "access/detoast.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -104,6 +123,7 @@ typedef struct VerifyRels
 } VerifyRels;
 
 static VerifyRels vrels;
+static uint64 vrels_generation = 0;	/* bumped when vrels is invalidated */
 
 /*
  * Per-backend cache: organisation -> its plan's current scopes, so that a
@@ -111,6 +131,10 @@ static VerifyRels vrels;
  * trigger on orgs and plans sends a relcache invalidation at commit
  * (flowella_plan_cache_invalidate); every backend then drops the whole cache
  * before its next verify, which calls AcceptInvalidationMessages first.
+ *
+ * A verify pins the cache (plan_cache_pins) while it uses an entry: a reset
+ * that arrives meanwhile moves the cache's context under plan_cache_retired
+ * instead of freeing it, and the last unpin frees what was retired.
  */
 typedef struct PlanCacheEntry
 {
@@ -123,6 +147,8 @@ typedef struct PlanCacheEntry
 static MemoryContext plan_cache_cxt = NULL;
 static HTAB *plan_cache = NULL;
 static uint64 plan_cache_generation = 0;	/* bumped at each reset */
+static int	plan_cache_pins = 0;
+static MemoryContext plan_cache_retired = NULL;
 
 /* Outcome codes of apikey_verify, indexes into verify_code_names. */
 typedef enum VerifyCode
@@ -145,6 +171,7 @@ static text *mode_texts[FLWL_MODE_TEST + 1];
 /* Descriptor of flowella.verification, and the relation of that type. */
 static TupleDesc verify_tupdesc = NULL;
 static Oid	verify_type_relid = InvalidOid;
+static uint64 verify_tupdesc_generation = 0;	/* bumped when it is dropped */
 
 /*---- Function declarations ----*/
 
@@ -161,15 +188,24 @@ PG_FUNCTION_INFO_V1(flowella_plan_cache_invalidate);
 static void actor_xact_callback(XactEvent event, void *arg);
 static void actor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								   SubTransactionId parentSubid, void *arg);
+static void plan_cache_xact_callback(XactEvent event, void *arg);
+static void plan_cache_subxact_callback(SubXactEvent event,
+										SubTransactionId mySubid,
+										SubTransactionId parentSubid, void *arg);
 static void vrels_invalidate(Datum arg, Oid relid);
 static void vrels_load(void);
+static VerifyRels vrels_open(bool plan_side, Relation *rels);
 static bool probe_unique(Relation heap, Relation index, RegProcedure eqproc,
 						 Oid collation, Datum key, Snapshot snapshot,
 						 TupleTableSlot *slot);
-static Datum fetch_column(Oid relid, Oid indexid, RegProcedure eqproc,
+static Datum fetch_column(Relation rel, Relation idx, RegProcedure eqproc,
 						  Oid collation, Datum key, AttrNumber attnum,
 						  Snapshot snapshot);
+static void plan_cache_reset(void);
+static void plan_cache_unpin(void);
 static const FlwlScopeSet *plan_scopes_of_org(Datum org_id, Snapshot snapshot);
+static TupleDesc verification_desc(FunctionCallInfo fcinfo);
+static Datum verify_body(FunctionCallInfo fcinfo);
 static Datum verification_result(FunctionCallInfo fcinfo, VerifyCode code,
 								 Datum key_id, Datum org_id, Datum scopes,
 								 bool scopes_null, FlwlMode mode);
@@ -193,6 +229,8 @@ _PG_init(void)
 
 	RegisterXactCallback(actor_xact_callback, NULL);
 	RegisterSubXactCallback(actor_subxact_callback, NULL);
+	RegisterXactCallback(plan_cache_xact_callback, NULL);
+	RegisterSubXactCallback(plan_cache_subxact_callback, NULL);
 	CacheRegisterRelcacheCallback(vrels_invalidate, (Datum) 0);
 }
 
@@ -427,35 +465,95 @@ flwl_quotable(const char *s, size_t len)
 
 /*---- Verify path ----*/
 
+/*
+ * Drop every entry of the plan cache.  While a verify holds a pin, the
+ * entries it reads must stay where they are: the context is retired, not
+ * reset, and the next lookup starts a new one.  Runs inside invalidation
+ * callbacks, so it allocates nothing.
+ */
 static void
 plan_cache_reset(void)
 {
 	plan_cache_generation++;
-	if (plan_cache_cxt != NULL)
-		MemoryContextReset(plan_cache_cxt);
 	plan_cache = NULL;
+	if (plan_cache_cxt == NULL)
+		return;
+	if (plan_cache_pins == 0)
+		MemoryContextReset(plan_cache_cxt);
+	else
+	{
+		MemoryContextSetParent(plan_cache_cxt, plan_cache_retired);
+		plan_cache_cxt = NULL;
+	}
+}
+
+/* Release a pin taken by verify; the last one frees retired caches. */
+static void
+plan_cache_unpin(void)
+{
+	Assert(plan_cache_pins > 0);
+	if (--plan_cache_pins == 0 && plan_cache_retired != NULL)
+		MemoryContextReset(plan_cache_retired);
+}
+
+/*
+ * A verify that fails leaves its pin behind.  No verify is running when a
+ * transaction or subtransaction aborts (verify runs no user code and starts
+ * no subtransaction), so the pins are released then; cheaper than a PG_TRY
+ * block around every verify.  Until then resets only retire memory.
+ */
+static void
+plan_cache_xact_callback(XactEvent event, void *arg)
+{
+	if ((event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT) &&
+		plan_cache_pins > 0)
+	{
+		plan_cache_pins = 1;
+		plan_cache_unpin();
+	}
 }
 
 static void
+plan_cache_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && plan_cache_pins > 0)
+	{
+		plan_cache_pins = 1;
+		plan_cache_unpin();
+	}
+}
+
+/*
+ * Relcache invalidation callback of the three verify caches.  Until a cache
+ * is filled, every invalidation counts: the relations it will hold are not
+ * known yet, and the lookup in progress may already have read them.
+ */
+static void
 vrels_invalidate(Datum arg, Oid relid)
 {
-	if (verify_tupdesc != NULL &&
-		(relid == InvalidOid || relid == verify_type_relid))
+	if (verify_tupdesc == NULL || relid == InvalidOid ||
+		relid == verify_type_relid)
 	{
-		FreeTupleDesc(verify_tupdesc);
-		verify_tupdesc = NULL;
+		verify_tupdesc_generation++;
+		if (verify_tupdesc != NULL)
+		{
+			FreeTupleDesc(verify_tupdesc);
+			verify_tupdesc = NULL;
+		}
 	}
 
 	if (relid == InvalidOid || !vrels.valid ||
 		relid == vrels.orgs || relid == vrels.plans)
 		plan_cache_reset();
-	if (!vrels.valid)
-		return;
-	if (relid == InvalidOid || relid == vrels.keys ||
+	if (!vrels.valid || relid == InvalidOid || relid == vrels.keys ||
 		relid == vrels.keys_prefix_idx || relid == vrels.orgs ||
 		relid == vrels.orgs_pkey || relid == vrels.plans ||
 		relid == vrels.plans_pkey)
+	{
+		vrels_generation++;
 		vrels.valid = false;
+	}
 }
 
 static Oid
@@ -482,13 +580,22 @@ vrels_attnum(Oid relid, const char *name)
  * Look the relations up by name in schema flowella.  The schema name is
  * fixed (the extension is not relocatable) and the install script refuses a
  * schema planted by another role, so the names cannot be hijacked.
+ *
+ * The lookups may accept invalidation messages; one that arrives meanwhile
+ * (the extension dropped and created again, say) may concern what was
+ * already read, so the whole lookup starts again.  Setting valid afterwards
+ * without this check would lose it for good.
  */
 static void
 vrels_load(void)
 {
 	VerifyRels	r;
-	Oid			nsp = get_namespace_oid("flowella", false);
+	uint64		generation;
+	Oid			nsp;
 
+retry:
+	generation = vrels_generation;
+	nsp = get_namespace_oid("flowella", false);
 	r.keys = vrels_relid(nsp, "api_keys");
 	r.keys_prefix_idx = vrels_relid(nsp, "api_keys_prefix_key");
 	r.orgs = vrels_relid(nsp, "orgs");
@@ -503,8 +610,74 @@ vrels_load(void)
 	r.k_revoked_at = vrels_attnum(r.keys, "revoked_at");
 	r.o_plan = vrels_attnum(r.orgs, "plan");
 	r.p_scopes = vrels_attnum(r.plans, "scopes");
+	if (generation != vrels_generation)
+		goto retry;
 	r.valid = true;
 	vrels = r;
+}
+
+/*
+ * Lock and open the relations of one side of the verify path: the keys
+ * table and its prefix index, or (plan_side) orgs, plans and their primary
+ * keys, into rels in that order.  Returns the copy of vrels their OIDs came
+ * from, for the caller to read column numbers from: locking accepts
+ * invalidations, which may make vrels stale (and a later reload change it)
+ * while the caller still works with these relations.  A relation that has
+ * gone, or an invalidation while locking, means the lookup starts again.
+ */
+static VerifyRels
+vrels_open(bool plan_side, Relation *rels)
+{
+	for (;;)
+	{
+		VerifyRels	r;
+		uint64		generation;
+		Oid			relids[4];
+		int			n;
+		int			opened = 0;
+
+		if (!vrels.valid)
+			vrels_load();
+		r = vrels;
+		generation = vrels_generation;
+		if (plan_side)
+		{
+			relids[0] = r.orgs;
+			relids[1] = r.orgs_pkey;
+			relids[2] = r.plans;
+			relids[3] = r.plans_pkey;
+			n = 4;
+		}
+		else
+		{
+			relids[0] = r.keys;
+			relids[1] = r.keys_prefix_idx;
+			n = 2;
+		}
+
+		/* tables and indexes alternate in relids */
+		while (opened < n &&
+			   (rels[opened] = try_relation_open(relids[opened],
+												 AccessShareLock)) != NULL)
+		{
+			char		relkind = rels[opened++]->rd_rel->relkind;
+
+			if (relkind != ((opened % 2) ? RELKIND_RELATION : RELKIND_INDEX))
+				elog(ERROR, "flowella_apikey relation \"%s\" has the wrong kind",
+					 RelationGetRelationName(rels[opened - 1]));
+		}
+		if (opened == n && generation == vrels_generation)
+			return r;
+
+		/*
+		 * Keep the locks: locking the same relations again then accepts no
+		 * invalidation, so the next round settles even under a stream of
+		 * them (a plan change invalidates vrels too).
+		 */
+		while (opened > 0)
+			relation_close(rels[--opened], NoLock);
+		vrels.valid = false;
+	}
 }
 
 /*
@@ -530,14 +703,13 @@ probe_unique(Relation heap, Relation index, RegProcedure eqproc, Oid collation,
 
 /*
  * Column attnum of the row whose unique key is key, as a detoasted copy in
- * CurrentMemoryContext.  The row must exist.
+ * CurrentMemoryContext.  The row must exist.  The caller has rel and idx
+ * open and locked.
  */
 static Datum
-fetch_column(Oid relid, Oid indexid, RegProcedure eqproc, Oid collation,
+fetch_column(Relation rel, Relation idx, RegProcedure eqproc, Oid collation,
 			 Datum key, AttrNumber attnum, Snapshot snapshot)
 {
-	Relation	rel = table_open(relid, AccessShareLock);
-	Relation	idx = index_open(indexid, AccessShareLock);
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	Datum		value;
 	bool		isnull;
@@ -551,26 +723,28 @@ fetch_column(Oid relid, Oid indexid, RegProcedure eqproc, Oid collation,
 	value = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
 
 	ExecDropSingleTupleTableSlot(slot);
-	index_close(idx, AccessShareLock);
-	table_close(rel, AccessShareLock);
 	return value;
 }
 
 /*
  * The current scopes of an organisation's plan, as a sorted set, from the
- * cache if there.  The result lives in the cache or in CurrentMemoryContext.
+ * cache if there.  The result lives in the cache or in CurrentMemoryContext;
+ * the caller must hold a pin on the cache for as long as it uses it.
  */
 static const FlwlScopeSet *
 plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 {
 	PlanCacheEntry *entry;
 	uint64		generation = plan_cache_generation;
+	VerifyRels	r;
+	Relation	rels[4];
 	Datum		plan,
 				scopes;
 	bool		found;
 	MemoryContext oldcxt;
 	FlwlScopeSet *fresh;
 
+	Assert(plan_cache_pins > 0);
 	if (plan_cache != NULL)
 	{
 		entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_FIND, NULL);
@@ -578,10 +752,13 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 			return &entry->scopes;
 	}
 
-	plan = fetch_column(vrels.orgs, vrels.orgs_pkey, F_UUID_EQ, InvalidOid,
-						org_id, vrels.o_plan, snapshot);
-	scopes = fetch_column(vrels.plans, vrels.plans_pkey, F_TEXTEQ,
-						  C_COLLATION_OID, plan, vrels.p_scopes, snapshot);
+	r = vrels_open(true, rels);
+	plan = fetch_column(rels[0], rels[1], F_UUID_EQ, InvalidOid,
+						org_id, r.o_plan, snapshot);
+	scopes = fetch_column(rels[2], rels[3], F_TEXTEQ,
+						  C_COLLATION_OID, plan, r.p_scopes, snapshot);
+	for (int i = 3; i >= 0; i--)
+		relation_close(rels[i], AccessShareLock);
 
 	/* an invalidation arrived while reading: do not cache what was read */
 	if (generation != plan_cache_generation)
@@ -591,16 +768,24 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 		return fresh;
 	}
 
+	if (plan_cache != NULL &&
+		hash_get_num_entries(plan_cache) >= PLAN_CACHE_MAX_ORGS)
+		plan_cache_reset();
 	if (plan_cache_cxt == NULL)
+	{
+		/* made here, as plan_cache_reset must not allocate */
+		if (plan_cache_retired == NULL)
+			plan_cache_retired = AllocSetContextCreate(TopMemoryContext,
+													   "flowella retired plan caches",
+													   ALLOCSET_SMALL_SIZES);
 		plan_cache_cxt = AllocSetContextCreate(TopMemoryContext,
 											   "flowella plan cache",
 											   ALLOCSET_DEFAULT_SIZES);
-	if (plan_cache == NULL ||
-		hash_get_num_entries(plan_cache) >= PLAN_CACHE_MAX_ORGS)
+	}
+	if (plan_cache == NULL)
 	{
 		HASHCTL		info;
 
-		MemoryContextReset(plan_cache_cxt);
 		memset(&info, 0, sizeof(info));
 		info.keysize = sizeof(pg_uuid_t);
 		info.entrysize = sizeof(PlanCacheEntry);
@@ -706,26 +891,29 @@ flwl_effective_scopes(Datum key_scopes, bool key_scopes_null,
 }
 
 /*
- * Build the flowella.verification row.  Its descriptor is looked up once
- * per backend (fn_extra would not outlive one query execution) and dropped
- * when the type's relation is invalidated.
+ * The descriptor of flowella.verification, looked up once per backend
+ * (fn_extra would not outlive one query execution) and dropped when the
+ * type's relation is invalidated.  The lookups accept invalidations: the
+ * descriptor is cached only if none arrived meanwhile (see vrels_invalidate),
+ * and the caller must use it before any other call that accepts them.
  */
-static Datum
-verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
-					Datum org_id, Datum scopes, bool scopes_null, FlwlMode mode)
+static TupleDesc
+verification_desc(FunctionCallInfo fcinfo)
 {
-	Datum		values[6];
-	bool		nulls[6];
-	bool		known = (key_id != (Datum) 0);
-
-	if (verify_tupdesc == NULL)
+	while (verify_tupdesc == NULL)
 	{
+		uint64		generation = verify_tupdesc_generation;
 		MemoryContext oldcxt;
 		TupleDesc	tupdesc;
 		Oid			typid;
+		Oid			typrelid;
 
 		if (get_call_result_type(fcinfo, &typid, &tupdesc) != TYPEFUNC_COMPOSITE)
 			elog(ERROR, "return type must be a row type");
+		typrelid = get_typ_typrelid(typid);
+		if (generation != verify_tupdesc_generation)
+			continue;
+
 		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 		/* the constant texts of the result, made once per backend */
 		if (verify_code_texts[0] == NULL)
@@ -736,9 +924,24 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 			mode_texts[FLWL_MODE_TEST] = cstring_to_text(flwl_mode_name(FLWL_MODE_TEST));
 		}
 		verify_tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
-		verify_type_relid = get_typ_typrelid(typid);
+		verify_type_relid = typrelid;
 		MemoryContextSwitchTo(oldcxt);
 	}
+	return verify_tupdesc;
+}
+
+/*
+ * Build the flowella.verification row.  scopes may point into the plan
+ * cache, which the caller keeps pinned; heap_form_tuple copies it.
+ */
+static Datum
+verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
+					Datum org_id, Datum scopes, bool scopes_null, FlwlMode mode)
+{
+	TupleDesc	tupdesc = verification_desc(fcinfo);
+	Datum		values[6];
+	bool		nulls[6];
+	bool		known = (key_id != (Datum) 0);
 
 	values[0] = BoolGetDatum(code == VC_VALID);
 	nulls[0] = false;
@@ -753,7 +956,7 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 	values[5] = known ? PointerGetDatum(mode_texts[mode]) : (Datum) 0;
 	nulls[5] = !known;
 
-	return HeapTupleGetDatum(heap_form_tuple(verify_tupdesc, values, nulls));
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
 
 /*
@@ -764,9 +967,27 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
  * learns nothing), revoked, expired, then scope.  key_id, org_id and mode
  * are returned once the hash matched; scopes only for VALID and
  * INSUFFICIENT_SCOPE.
+ *
+ * The plan cache stays pinned for the whole call: the plan's scopes are
+ * read from it before the key's scopes and the required scope are detoasted
+ * and before the result descriptor is looked up, and any of these may reset
+ * it.  A pin costs less than copying thousands of scopes on every call.
+ * An error leaves the pin to plan_cache_xact_callback.
  */
 Datum
 flowella_apikey_verify(PG_FUNCTION_ARGS)
+{
+	Datum		result;
+
+	plan_cache_pins++;
+	result = verify_body(fcinfo);
+	plan_cache_unpin();
+	return result;
+}
+
+/* The body of apikey_verify, run with the plan cache pinned. */
+static Datum
+verify_body(FunctionCallInfo fcinfo)
 {
 	text	   *token;
 	const char *tok;
@@ -774,8 +995,8 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 	FlwlMode	mode;
 	unsigned char hash[FLWL_HASH_LEN];
 	Snapshot	snapshot;
-	Relation	keys,
-				keys_idx;
+	VerifyRels	r;
+	Relation	rels[2];
 	TupleTableSlot *slot;
 	VerifyCode	code;
 	Datum		key_id = (Datum) 0;
@@ -804,15 +1025,12 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 
 	/* see plan changes committed since the last call, even mid-transaction */
 	AcceptInvalidationMessages();
-	if (!vrels.valid)
-		vrels_load();
 
 	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	keys = table_open(vrels.keys, AccessShareLock);
-	keys_idx = index_open(vrels.keys_prefix_idx, AccessShareLock);
-	slot = table_slot_create(keys, NULL);
+	r = vrels_open(false, rels);
+	slot = table_slot_create(rels[0], NULL);
 
-	if (!probe_unique(keys, keys_idx, F_TEXTEQ, C_COLLATION_OID,
+	if (!probe_unique(rels[0], rels[1], F_TEXTEQ, C_COLLATION_OID,
 					  PointerGetDatum(cstring_to_text_with_len(tok, FLWL_PREFIX_LEN)),
 					  snapshot, slot))
 		code = VC_NOT_FOUND;
@@ -820,23 +1038,23 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 	{
 		bytea	   *stored;
 
-		d = slot_getattr(slot, vrels.k_secret_hash, &isnull);
+		d = slot_getattr(slot, r.k_secret_hash, &isnull);
 		stored = isnull ? NULL : DatumGetByteaPP(d);
 		if (stored == NULL || VARSIZE_ANY_EXHDR(stored) != FLWL_HASH_LEN ||
 			sodium_memcmp(VARDATA_ANY(stored), hash, FLWL_HASH_LEN) != 0)
 			code = VC_NOT_FOUND;
 		else
 		{
-			key_id = datumCopy(slot_getattr(slot, vrels.k_key_id, &isnull), false, UUID_LEN);
-			org_id = datumCopy(slot_getattr(slot, vrels.k_org_id, &isnull), false, UUID_LEN);
+			key_id = datumCopy(slot_getattr(slot, r.k_key_id, &isnull), false, UUID_LEN);
+			org_id = datumCopy(slot_getattr(slot, r.k_org_id, &isnull), false, UUID_LEN);
 
 			now = GetCurrentTimestamp();
-			slot_getattr(slot, vrels.k_revoked_at, &isnull);
+			slot_getattr(slot, r.k_revoked_at, &isnull);
 			if (!isnull)
 				code = VC_REVOKED;
 			else
 			{
-				d = slot_getattr(slot, vrels.k_expires_at, &isnull);
+				d = slot_getattr(slot, r.k_expires_at, &isnull);
 				if (!isnull && DatumGetTimestampTz(d) <= now)
 					code = VC_EXPIRED;
 				else
@@ -850,7 +1068,7 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 				FlwlScopeSet effective;
 
 				/* read while the slot still pins its page */
-				key_scopes = slot_getattr(slot, vrels.k_scopes, &key_scopes_null);
+				key_scopes = slot_getattr(slot, r.k_scopes, &key_scopes_null);
 				effective = flwl_effective_scopes(key_scopes, key_scopes_null,
 												  plan_scopes_of_org(org_id, snapshot));
 				scopes = effective.array;
@@ -867,8 +1085,8 @@ flowella_apikey_verify(PG_FUNCTION_ARGS)
 	}
 
 	ExecDropSingleTupleTableSlot(slot);
-	index_close(keys_idx, AccessShareLock);
-	table_close(keys, AccessShareLock);
+	relation_close(rels[1], AccessShareLock);
+	relation_close(rels[0], AccessShareLock);
 	UnregisterSnapshot(snapshot);
 	sodium_memzero(hash, sizeof(hash));
 
