@@ -62,6 +62,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/inet.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -461,6 +462,54 @@ flwl_quotable(const char *s, size_t len)
 	n = flwl_redact(s, len, out);
 	out[n] = '\0';
 	return out;
+}
+
+/*---- Pinned search_path ----*/
+
+/*
+ * Set search_path to FLWL_SEARCH_PATH for the query about to run, the way
+ * fmgr_security_definer applies a function's SET clause; returns what to
+ * pass to flwl_unpin_search_path afterwards.  Callers must be in a
+ * transaction.
+ *
+ * The database's or the session's search_path is chosen by people who need
+ * not be superusers (a database owner sets it with ALTER DATABASE), while
+ * the background workers run as the bootstrap superuser and the triggers
+ * run for whoever changes a row, superusers included: any name they left
+ * to the search path could resolve to an operator, function or type that
+ * such a person planted, and run it with those rights.  Every query names
+ * everything with its schema as well; the pin also covers what those
+ * queries call in turn and what the parser looks up implicitly.
+ *
+ * Cheap where it matters: under the SQL API's SECURITY DEFINER functions
+ * the path is already exactly this (their SET clause), so an audit trigger
+ * fired by apikey_create pays one strcmp.  Otherwise it costs what a SET
+ * clause costs, a GUC save and restore.  The saved plans of flwl_query_exec
+ * are prepared and run only under this path, so the plan cache never
+ * re-plans them for a search_path change.
+ */
+int
+flwl_pin_search_path(void)
+{
+	int			nestlevel;
+
+	if (namespace_search_path != NULL &&
+		strcmp(namespace_search_path, FLWL_SEARCH_PATH) == 0)
+		return 0;
+
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("search_path", FLWL_SEARCH_PATH,
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+	return nestlevel;
+}
+
+/* Restore the search_path a flwl_pin_search_path call replaced, if any. */
+void
+flwl_unpin_search_path(int nestlevel)
+{
+	if (nestlevel > 0)
+		AtEOXact_GUC(true, nestlevel);
 }
 
 /*---- Verify path ----*/

@@ -38,6 +38,17 @@ extern const text *flwl_actor_traceparent(void);
 extern bool flwl_change_is_restore(void);
 
 /*
+ * search_path for every query the extension runs: pg_catalog (and temporary
+ * relations last), the value the SECURITY DEFINER API functions pin with SET.
+ * flwl_pin_search_path sets it until flwl_unpin_search_path(its result); an
+ * error in between is undone by the (sub)transaction abort.
+ */
+#define FLWL_SEARCH_PATH	"pg_catalog, pg_temp"
+
+extern int	flwl_pin_search_path(void);
+extern void flwl_unpin_search_path(int nestlevel);
+
+/*
  * A query prepared on first use and kept for the life of the backend; the
  * plan cache re-plans it by itself if the tables change under it.  Every
  * name in sql is schema-qualified.  flwl_query_exec runs it inside an SPI

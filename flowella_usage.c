@@ -24,6 +24,14 @@
  * the rows in one transaction, skipping rows locked by others (they stay
  * pending for the next round), and exits.
  *
+ * The flush worker is the bootstrap superuser, but it connects with the
+ * database's own settings, and its search_path is the database owner's to
+ * set (ALTER DATABASE ... SET search_path), superuser or not.  So its
+ * queries name every operator, function and type with its schema, and its
+ * transaction runs with search_path pinned to pg_catalog, pg_temp
+ * (flwl_pin_search_path): nothing it runs, nor the triggers and checks its
+ * update fires, can resolve to an object the owner planted.
+ *
  * Without shared_preload_libraries none of this exists: verify records
  * nothing and last_used_at stays as it is (documented degradation; verify
  * neither blocks nor fails).
@@ -472,7 +480,8 @@ write_uses(int n, Datum *ids, Datum *whens, bool *done)
 	updated = SPI_processed;
 
 	/* Written, already newer, or gone: done.  The rest were locked by others. */
-	flush_query("SELECT u.ord::int4 - 1 FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(key_id, ord)"
+	flush_query("SELECT (u.ord OPERATOR(pg_catalog.-) 1)::pg_catalog.int4"
+				"  FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(key_id, ord)"
 				" WHERE NOT EXISTS (SELECT 1 FROM flowella.api_keys k"
 				"                    WHERE k.key_id OPERATOR(pg_catalog.=) u.key_id"
 				"                      AND (k.last_used_at IS NULL OR k.last_used_at"
@@ -491,17 +500,20 @@ write_uses(int n, Datum *ids, Datum *whens, bool *done)
 }
 
 /*
- * One flush transaction (see write_uses).  If the extension has been
- * dropped from this database meanwhile (its schema outlives it: CREATE
- * EXTENSION made the schema, not the script), every use is done with.
+ * One flush transaction (see write_uses), with search_path pinned.  If the
+ * extension has been dropped from this database meanwhile (its schema
+ * outlives it: CREATE EXTENSION made the schema, not the script), every use
+ * is done with.
  */
 static uint64
 flush_database(int n, Datum *ids, Datum *whens, bool *done)
 {
 	uint64		updated = 0;
+	int			pinned;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
+	pinned = flwl_pin_search_path();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "flowella: flushing last_used_at");
@@ -513,6 +525,7 @@ flush_database(int n, Datum *ids, Datum *whens, bool *done)
 
 	SPI_finish();
 	PopActiveSnapshot();
+	flwl_unpin_search_path(pinned);
 	CommitTransactionCommand();
 	return updated;
 }
