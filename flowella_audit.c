@@ -15,8 +15,14 @@
  * with FORCE ROW LEVEL SECURITY set aside, the way PostgreSQL's own
  * foreign-key triggers query the referenced table: nobody needs, or gets,
  * any right on audit_records to cause a record, and the function itself
- * is not SECURITY DEFINER (no search_path to pin: every name below is
- * schema-qualified and the plans are saved).
+ * is not SECURITY DEFINER.
+ *
+ * They run in the search_path of whoever changes the row, a superuser's
+ * session in a database whose owner chose that path included.  So every
+ * name below is schema-qualified and the INSERT runs with search_path
+ * pinned to pg_catalog, pg_temp (flwl_query_exec): a change through the
+ * API, whose functions pin that path already, pays one strcmp for it; a
+ * direct change pays a GUC save and restore per record.
  *
  * Rows a superuser copies in with no API call running and no actor set are
  * a restore: their audit records come back with them, so they are not

@@ -22,6 +22,12 @@
  * A new token exists in this file only in a stack buffer, wiped before
  * return, and in the result row handed to the executor.
  *
+ * Every saved query names each operator, function and type with its schema
+ * (OPERATOR(pg_catalog.=), pg_catalog.now(), ...) and runs with search_path
+ * pinned to pg_catalog, pg_temp (flwl_query_exec): the audit triggers run
+ * them for whoever changes a row, in whatever search_path that session or
+ * its database has.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -55,10 +61,11 @@
 /* $1 org, $2 actor: the org's plan, if the actor is its owner or admin */
 #define ORG_ACCESS_FROM \
 	"  FROM flowella.members m" \
-	"  JOIN flowella.orgs o ON o.org_id = m.org_id" \
-	"  JOIN flowella.plans p ON p.plan = o.plan" \
-	" WHERE m.org_id = $1 AND m.user_id = $2" \
-	"   AND m.role = ANY (ARRAY['owner', 'admin'])"
+	"  JOIN flowella.orgs o ON o.org_id OPERATOR(pg_catalog.=) m.org_id" \
+	"  JOIN flowella.plans p ON p.plan OPERATOR(pg_catalog.=) o.plan" \
+	" WHERE m.org_id OPERATOR(pg_catalog.=) $1" \
+	"   AND m.user_id OPERATOR(pg_catalog.=) $2" \
+	"   AND m.role OPERATOR(pg_catalog.=) ANY (ARRAY['owner', 'admin'])"
 
 /*
  * The org's active keys, for the NOTICE past KEYS_NOTICE_THRESHOLD; a
@@ -66,9 +73,10 @@
  * fewer.
  */
 #define COUNT_ACTIVE_SQL(org) \
-	"SELECT count(*) FROM flowella.api_keys k" \
-	" WHERE k.org_id = " org " AND k.revoked_at IS NULL" \
-	"   AND (k.expires_at IS NULL OR k.expires_at > pg_catalog.clock_timestamp())"
+	"SELECT pg_catalog.count(*) FROM flowella.api_keys k" \
+	" WHERE k.org_id OPERATOR(pg_catalog.=) " org " AND k.revoked_at IS NULL" \
+	"   AND (k.expires_at IS NULL" \
+	"        OR k.expires_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())"
 
 /*
  * for apikey_create: the membership stays as checked until commit; column
@@ -91,11 +99,12 @@ static FlwlQuery q_key_access = {
 	"SELECT k.org_id, k.revoked_at, k.scopes, k.label, k.mode,"
 	"       k.expires_at, o.plan, p.scopes, k.created_at"
 	"  FROM flowella.api_keys k"
-	"  JOIN flowella.members m ON m.org_id = k.org_id AND m.user_id = $2"
-	"   AND m.role = ANY (ARRAY['owner', 'admin'])"
-	"  JOIN flowella.orgs o ON o.org_id = k.org_id"
-	"  JOIN flowella.plans p ON p.plan = o.plan"
-	" WHERE k.key_id = $1"
+	"  JOIN flowella.members m ON m.org_id OPERATOR(pg_catalog.=) k.org_id"
+	"   AND m.user_id OPERATOR(pg_catalog.=) $2"
+	"   AND m.role OPERATOR(pg_catalog.=) ANY (ARRAY['owner', 'admin'])"
+	"  JOIN flowella.orgs o ON o.org_id OPERATOR(pg_catalog.=) k.org_id"
+	"  JOIN flowella.plans p ON p.plan OPERATOR(pg_catalog.=) o.plan"
+	" WHERE k.key_id OPERATOR(pg_catalog.=) $1"
 	"   FOR UPDATE OF k FOR SHARE OF m",
 	2, {UUIDOID, UUIDOID}
 };
@@ -124,13 +133,16 @@ static FlwlQuery q_insert_key = {
 
 static FlwlQuery q_revoke = {
 	"UPDATE flowella.api_keys SET revoked_at = $3, revoked_by = $2"
-	" WHERE key_id = $1",
+	" WHERE key_id OPERATOR(pg_catalog.=) $1",
 	3, {UUIDOID, UUIDOID, TIMESTAMPTZOID}
 };
 
+/* IS DISTINCT FROM, spelt out: it names no schema for its "=" */
 static FlwlQuery q_set_scopes = {
 	"UPDATE flowella.api_keys SET scopes = $2"
-	" WHERE key_id = $1 AND scopes IS DISTINCT FROM $2",
+	" WHERE key_id OPERATOR(pg_catalog.=) $1"
+	"   AND (scopes OPERATOR(pg_catalog.=) $2) IS NOT TRUE"
+	"   AND (scopes IS NOT NULL OR $2 IS NOT NULL)",
 	2, {UUIDOID, TEXTARRAYOID}
 };
 
@@ -138,15 +150,15 @@ static FlwlQuery q_list = {
 	"SELECT key_id, label, prefix, scopes, mode, created_at, created_by,"
 	"       last_used_at, expires_at, revoked_at, revoked_by,"
 	"       CASE WHEN revoked_at IS NOT NULL THEN 'revoked'"
-	"            WHEN expires_at <= $2 THEN 'expired'"
+	"            WHEN expires_at OPERATOR(pg_catalog.<=) $2 THEN 'expired'"
 	"            ELSE 'active' END"
-	"  FROM flowella.api_keys WHERE org_id = $1"
+	"  FROM flowella.api_keys WHERE org_id OPERATOR(pg_catalog.=) $1"
 	" ORDER BY created_at DESC, key_id DESC",
 	2, {UUIDOID, TIMESTAMPTZOID}
 };
 
 static FlwlQuery q_plan_exists = {
-	"SELECT 1 FROM flowella.plans WHERE plan = $1",
+	"SELECT 1 FROM flowella.plans WHERE plan OPERATOR(pg_catalog.=) $1",
 	1, {TEXTOID}
 };
 
@@ -157,29 +169,34 @@ static FlwlQuery q_org_insert = {
 
 /* Member changes of one org are serialized on its row. */
 static FlwlQuery q_org_lock = {
-	"SELECT 1 FROM flowella.orgs WHERE org_id = $1 FOR NO KEY UPDATE",
+	"SELECT 1 FROM flowella.orgs WHERE org_id OPERATOR(pg_catalog.=) $1"
+	"   FOR NO KEY UPDATE",
 	1, {UUIDOID}
 };
 
 static FlwlQuery q_member_role = {
 	"SELECT role,"
-	"       (SELECT count(*) FROM flowella.members o"
-	"         WHERE o.org_id = $1 AND o.role = 'owner')"
-	"  FROM flowella.members WHERE org_id = $1 AND user_id = $2",
+	"       (SELECT pg_catalog.count(*) FROM flowella.members o"
+	"         WHERE o.org_id OPERATOR(pg_catalog.=) $1"
+	"           AND o.role OPERATOR(pg_catalog.=) 'owner')"
+	"  FROM flowella.members"
+	" WHERE org_id OPERATOR(pg_catalog.=) $1 AND user_id OPERATOR(pg_catalog.=) $2",
 	2, {UUIDOID, UUIDOID}
 };
 
+/* role is NOT NULL: "<>" is IS DISTINCT FROM here */
 static FlwlQuery q_member_upsert = {
 	"INSERT INTO flowella.members AS m (org_id, user_id, role)"
 	" VALUES ($1, $2, $3)"
 	" ON CONFLICT (org_id, user_id) DO UPDATE"
-	"   SET role = excluded.role, updated_at = now()"
-	" WHERE m.role IS DISTINCT FROM excluded.role",
+	"   SET role = excluded.role, updated_at = pg_catalog.now()"
+	" WHERE m.role OPERATOR(pg_catalog.<>) excluded.role",
 	3, {UUIDOID, UUIDOID, TEXTOID}
 };
 
 static FlwlQuery q_member_delete = {
-	"DELETE FROM flowella.members WHERE org_id = $1 AND user_id = $2",
+	"DELETE FROM flowella.members"
+	" WHERE org_id OPERATOR(pg_catalog.=) $1 AND user_id OPERATOR(pg_catalog.=) $2",
 	2, {UUIDOID, UUIDOID}
 };
 
@@ -188,7 +205,7 @@ static FlwlQuery q_plan_upsert = {
 	" VALUES ($1, $2, $3)"
 	" ON CONFLICT (plan) DO UPDATE"
 	"   SET scopes = excluded.scopes, audit_log = excluded.audit_log,"
-	"       updated_at = now()",
+	"       updated_at = pg_catalog.now()",
 	3, {TEXTOID, TEXTARRAYOID, BOOLOID}
 };
 
@@ -209,12 +226,17 @@ PG_FUNCTION_INFO_V1(flowella_api_key_row_ok);
 
 /*---- SPI helpers ----*/
 
-/* Run a saved query; returns the SPI result code, >= 0. */
+/*
+ * Run a saved query; returns the SPI result code, >= 0.  It is prepared and
+ * run with search_path pinned (see flwl_pin_search_path): the audit triggers
+ * run it for any role, in any search_path.
+ */
 int
 flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls, bool read_only,
 				long count)
 {
 	int			rc;
+	int			pinned = flwl_pin_search_path();
 
 	if (q->plan == NULL)
 	{
@@ -231,6 +253,7 @@ flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls, bool read_only,
 	rc = SPI_execute_plan(q->plan, values, nulls, read_only, count);
 	if (rc < 0)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
+	flwl_unpin_search_path(pinned);
 	return rc;
 }
 
