@@ -26,7 +26,8 @@
  * (OPERATOR(pg_catalog.=), pg_catalog.now(), ...) and runs with search_path
  * pinned to pg_catalog, pg_temp (flwl_query_exec): the audit triggers run
  * them for whoever changes a row, in whatever search_path that session or
- * its database has.
+ * its database has.  The CHECK functions run no query; see label_problem
+ * for their one lookup.
  *
  *-------------------------------------------------------------------------
  */
@@ -315,11 +316,25 @@ require_arg(FunctionCallInfo fcinfo, int argno, const char *field)
 				 errdetail("The %s must not be null.", field)));
 }
 
-/* What is wrong with a label or organisation name, or NULL. */
+/*
+ * What is wrong with a label or organisation name, or NULL.
+ *
+ * The CHECK constraints call this for any role, in any search_path.  Its
+ * one name lookup is the conversion to UTF-8 of a database in another
+ * encoding (the default conversion is searched for along search_path), so
+ * only then is the path pinned: a UTF-8 database pays nothing.
+ */
 static const char *
 label_problem(text *t)
 {
-	char	   *utf8 = pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
+	int			encoding = GetDatabaseEncoding();
+	int			pinned = 0;
+	char	   *utf8;
+
+	if (encoding != PG_UTF8 && encoding != PG_SQL_ASCII)
+		pinned = flwl_pin_search_path();
+	utf8 = pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
+	flwl_unpin_search_path(pinned);
 
 	return flwl_label_problem(utf8, (utf8 == VARDATA_ANY(t)) ?
 							  VARSIZE_ANY_EXHDR(t) : strlen(utf8));
