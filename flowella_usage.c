@@ -14,8 +14,10 @@
  * sized by flowella.usage_max_keys, under one LWLock.  Recording a key
  * already present takes the lock shared and the entry's spinlock; adding one
  * takes it exclusive.  The flusher takes it exclusive only to move its
- * database's entries out.  When the table is full a new key's use is dropped
- * (counted in usage_stats) and recorded at its next use after a flush.
+ * database's entries out.  The table never grows past usage_max_keys entries
+ * nor beyond the shared memory reserved for it at start (HASH_FIXED_SIZE):
+ * when it is full a new key's use is dropped (counted in usage_stats) and
+ * recorded at its next use after a flush.
  *
  * Workers, the pg_cron way: the "flowella usage launcher" (static,
  * connected to shared catalogs only) wakes every flush interval and starts
@@ -212,13 +214,23 @@ usage_shmem_startup(void)
 	info.entrysize = sizeof(UsageEntry);
 	usage_hash = ShmemInitHash("flowella_apikey usage hash",
 							   usage_max_keys, usage_max_keys,
-							   &info, HASH_ELEM | HASH_BLOBS);
+							   &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	LWLockRelease(AddinShmemInitLock);
 }
 
 /*---- Recording (verify path) ----*/
 
-/* Note a use of key (in database key->dbid) at when; keep the latest. */
+/*
+ * Note a use of key (in database key->dbid) at when; keep the latest.  A
+ * new key beyond usage_max_keys is dropped and counted.
+ *
+ * The bound is ours to keep: a shared hash table's max_size only sizes its
+ * directory, and HASH_ENTER_NULL fails only once the whole shared memory
+ * segment is used up.  So the table is HASH_FIXED_SIZE (it never takes
+ * more than the entries it was given at start, which hash_estimate_size
+ * reserved) and an entry is added only while fewer than usage_max_keys are
+ * present, counted under the exclusive lock.
+ */
 static void
 usage_put(const UsageKey *key, TimestampTz when)
 {
@@ -239,7 +251,9 @@ usage_put(const UsageKey *key, TimestampTz when)
 	LWLockRelease(usage->lock);
 
 	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
-	entry = hash_search(usage_hash, key, HASH_ENTER_NULL, &found);
+	entry = hash_search(usage_hash, key, HASH_FIND, &found);
+	if (entry == NULL && hash_get_num_entries(usage_hash) < usage_max_keys)
+		entry = hash_search(usage_hash, key, HASH_ENTER_NULL, &found);
 	if (entry == NULL)
 		pg_atomic_fetch_add_u64(&usage->dropped, 1);
 	else if (!found)
