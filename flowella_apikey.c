@@ -35,6 +35,10 @@
  * and admin roles, sets it.  It lasts until the end of the transaction and
  * is undone by rolling back the subtransaction that set it.
  *
+ * Here too is the one helper that pins search_path to pg_catalog, pg_temp
+ * around the queries the other files run outside a SECURITY DEFINER
+ * function's SET clause (flwl_pin_search_path).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
