@@ -111,6 +111,58 @@ psql_q -d bench -c "VACUUM ANALYZE"
 echo "keys in table: $(psql -XAt -d bench -c 'SELECT count(*) FROM flowella.api_keys')"
 echo
 
+echo "== create in an empty organisation vs one with 100 000 active keys"
+# SPEC: every per-key call costs the same at 100 000 active keys as in an
+# empty organisation.  Each round creates 5 000 keys in a new, empty org and
+# 5 000 in the big one (order alternating), with apikey_create and with the
+# twin; ratios are of speeds within a round.
+createdb cliff
+psql_q -d cliff <<SQL
+SET client_min_messages = warning;
+CREATE EXTENSION pgcrypto;
+CREATE EXTENSION flowella_apikey;
+SELECT flowella.plan_set('pro', ARRAY['messages:send','messages:read','analytics:read'], true);
+CREATE TABLE big AS SELECT flowella.org_create('big', 'pro', '$owner') AS org_id;
+-- 100 000 active keys: a superuser INSERT without actor (the restore path)
+INSERT INTO flowella.api_keys (org_id, label, prefix, secret_hash, mode, created_by)
+SELECT (SELECT org_id FROM big), 'filler', 'flwl_live_' || lpad(to_hex(g.i), 8, 'x'),
+       gen_random_bytes(32), 'live', '$owner'
+  FROM generate_series(1, 100000) g(i);
+VACUUM ANALYZE;
+SQL
+psql_q -d cliff -f baseline.sql
+create_in() {   # fn org n
+    psql_q -d cliff <<SQL
+SET client_min_messages = warning;
+BEGIN;
+SELECT flowella.set_actor('$owner') \gset
+SELECT count(*) FROM generate_series(1, $3) g(i), LATERAL $1('$2', 'key ' || g.i, ARRAY['messages:send']) k;
+COMMIT;
+SQL
+}
+ours_ratio=(); twin_ratio=(); ours_big=()
+for r in $(seq 1 "$rounds"); do
+    empty=$(psql -XAtq -d cliff -c "SELECT flowella.org_create('empty $r', 'pro', '$owner')")
+    empty2=$(psql -XAtq -d cliff -c "SELECT flowella.org_create('empty twin $r', 'pro', '$owner')")
+    big=$(psql -XAtq -d cliff -c "SELECT org_id FROM big")
+    psql_q -d cliff -c CHECKPOINT
+    if [ $((r % 2)) -eq 1 ]; then
+        e=$(timed create_in flowella.apikey_create "$empty" 5000); b=$(timed create_in flowella.apikey_create "$big" 5000)
+        te=$(timed create_in bench.apikey_create "$empty2" 5000); tb=$(timed create_in bench.apikey_create "$big" 5000)
+    else
+        tb=$(timed create_in bench.apikey_create "$big" 5000); te=$(timed create_in bench.apikey_create "$empty2" 5000)
+        b=$(timed create_in flowella.apikey_create "$big" 5000); e=$(timed create_in flowella.apikey_create "$empty" 5000)
+    fi
+    ours_ratio+=("$(echo "scale=2; $e / $b" | bc -l)")
+    twin_ratio+=("$(echo "scale=2; $tb / $b" | bc -l)")
+    ours_big+=("$(printf "%.0f" "$(echo "5000 / $b" | bc -l)")")
+    printf "round %d: apikey_create empty %.2f s, big %.2f s; twin empty %.2f s, big %.2f s\n" "$r" "$e" "$b" "$te" "$tb"
+done
+echo "apikey_create keys/s in the big org: ${ours_big[*]}"
+echo "create speed at 100 000 active keys / in an empty org = $(median "${ours_ratio[@]}")   (rounds: ${ours_ratio[*]})   (target >= 0.9)"
+echo "apikey_create / plpgsql twin, both at 100 000 active keys = $(median "${twin_ratio[@]}")   (rounds: ${twin_ratio[*]})"
+echo
+
 echo "== verify at 100 000 keys"
 a_floor=(); b_lookup=(); c_plpgsql=(); d_verify=()
 for _ in $(seq 1 "$rounds"); do
