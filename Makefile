@@ -23,7 +23,7 @@ SHLIB_LINK += -lsodium
 # creates the extension, test roles and plans the other files use.
 REGRESS = setup tokens create verify hostile actor provisioning revoke scopes replace list \
 	security immutability audit usage
-ISOLATION = revoke_verify concurrent_create
+ISOLATION = revoke_verify concurrent_create last_owner
 
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 

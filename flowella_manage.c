@@ -193,11 +193,21 @@ static FlwlQuery q_org_lock = {
 	1, {UUIDOID}
 };
 
+/*
+ * $1 org, $2 user: the member's role and the org's number of owners.  Run
+ * after lock_org, with a new snapshot (not read-only), so that in READ
+ * COMMITTED it sees the member changes committed while it waited for the
+ * lock; the owners' rows are locked too, so that in REPEATABLE READ a
+ * concurrent demotion fails this transaction (40001) instead of being
+ * missed by its older snapshot.
+ */
 static FlwlQuery q_member_role = {
 	"SELECT role,"
-	"       (SELECT pg_catalog.count(*) FROM flowella.members o"
-	"         WHERE o.org_id OPERATOR(pg_catalog.=) $1"
-	"           AND o.role OPERATOR(pg_catalog.=) 'owner')"
+	"       (SELECT pg_catalog.count(*) FROM"
+	"         (SELECT FROM flowella.members o"
+	"           WHERE o.org_id OPERATOR(pg_catalog.=) $1"
+	"             AND o.role OPERATOR(pg_catalog.=) 'owner'"
+	"             FOR UPDATE) owners)"
 	"  FROM flowella.members"
 	" WHERE org_id OPERATOR(pg_catalog.=) $1 AND user_id OPERATOR(pg_catalog.=) $2",
 	2, {UUIDOID, UUIDOID}
@@ -1098,7 +1108,7 @@ member_set_body(PG_FUNCTION_ARGS)
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = PG_GETARG_DATUM(1);
 	args[2] = PG_GETARG_DATUM(2);
-	flwl_query_exec(&q_member_role, args, NULL, true, 1);
+	flwl_query_exec(&q_member_role, args, NULL, false, 1);
 	if (SPI_processed == 1)
 		protect_last_owner(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	flwl_query_exec(&q_member_upsert, args, NULL, false, 0);
@@ -1127,7 +1137,7 @@ member_remove_body(PG_FUNCTION_ARGS)
 
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = PG_GETARG_DATUM(1);
-	flwl_query_exec(&q_member_role, args, NULL, true, 1);
+	flwl_query_exec(&q_member_role, args, NULL, false, 1);
 	if (SPI_processed != 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
