@@ -24,7 +24,11 @@
  * one short-lived "flowella usage flush" worker per database with pending
  * uses, dropping those of databases that no longer exist; that worker updates
  * the rows in one transaction, skipping rows locked by others (they stay
- * pending for the next round), and exits.
+ * pending for the next round), and exits.  A use that USAGE_MAX_RETRIES
+ * rounds fail to write is given up, whatever the failure: a locked row, a
+ * flush that raised an error, or a worker that never settled its round
+ * (it could not start or connect; the launcher counts that round itself).
+ * The launcher ignores SIGINT: it runs no statement to cancel.
  *
  * The flush worker is the bootstrap superuser, but it connects with the
  * database's own settings, and its search_path is the database owner's to
@@ -75,7 +79,10 @@
 static int	usage_max_keys = 10000;
 static int	usage_flush_interval = 60;	/* seconds */
 
-/* A flushed use whose row stayed locked this many rounds is given up. */
+/*
+ * A use that this many flush rounds failed to write (row locked, flush
+ * failed, worker unable to connect) is given up.
+ */
 #define USAGE_MAX_RETRIES	5
 
 /*---- Shared state ----*/
@@ -91,7 +98,7 @@ typedef struct UsageEntry
 	UsageKey	key;			/* hash key: must be first */
 	slock_t		mutex;			/* protects last_used */
 	TimestampTz last_used;
-	int			retries;		/* flush rounds its row was locked (flusher only) */
+	int			retries;		/* flush rounds that did not write it */
 } UsageEntry;
 
 typedef struct UsageShared
@@ -101,6 +108,8 @@ typedef struct UsageShared
 	pg_atomic_uint64 dropped;	/* uses lost to a full table */
 	pg_atomic_uint64 flushed;	/* rows updated by flushes */
 	pg_atomic_uint64 flushes;	/* flush transactions committed */
+	Oid			round_done;		/* set by a flush worker that did its
+								 * accounting; launcher only otherwise */
 } UsageShared;
 
 static UsageShared *usage = NULL;
@@ -122,6 +131,9 @@ static Size usage_memsize(void);
 static void usage_shmem_request(void);
 static void usage_shmem_startup(void);
 static void usage_put(const UsageKey *key, TimestampTz when);
+static void entry_round_failed(UsageEntry *entry);
+static void database_round_failed(Oid dbid);
+static void report_round_done(Oid dbid);
 
 /*---- Set-up ----*/
 
@@ -208,6 +220,7 @@ usage_shmem_startup(void)
 		pg_atomic_init_u64(&usage->dropped, 0);
 		pg_atomic_init_u64(&usage->flushed, 0);
 		pg_atomic_init_u64(&usage->flushes, 0);
+		usage->round_done = InvalidOid;
 	}
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(UsageKey);
@@ -331,6 +344,7 @@ launch_flush(Oid dbid)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
+	bool		done;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -343,15 +357,74 @@ launch_flush(Oid dbid)
 	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
 	worker.bgw_notify_pid = MyProcPid;
 
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	usage->round_done = InvalidOid;
+	LWLockRelease(usage->lock);
+
 	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
 	{
 		ereport(LOG,
 				(errmsg("flowella usage launcher could not start a flush worker"),
 				 errhint("Raise max_worker_processes.")));
+		database_round_failed(dbid);
 		return;
 	}
 	(void) WaitForBackgroundWorkerShutdown(handle);
 	pfree(handle);
+
+	/* only this launcher starts flush workers, one at a time */
+	LWLockAcquire(usage->lock, LW_SHARED);
+	done = usage->round_done == dbid;
+	LWLockRelease(usage->lock);
+	if (!done)
+	{
+		ereport(LOG,
+				(errmsg("flowella usage flush worker for database %u ended before writing its last uses",
+						dbid),
+				 errdetail("The uses stay pending for at most %d rounds.",
+						   USAGE_MAX_RETRIES)));
+		database_round_failed(dbid);
+	}
+}
+
+/*
+ * One more round failed to write this entry's use: give it up after
+ * USAGE_MAX_RETRIES rounds, so that no use stays pending forever.  Caller
+ * holds the lock exclusively.
+ */
+static void
+entry_round_failed(UsageEntry *entry)
+{
+	if (++entry->retries >= USAGE_MAX_RETRIES)
+		hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
+}
+
+/*
+ * A flush worker for dbid ended without settling its entries: it could not
+ * start or connect (datallowconn = false, say), or died.  Count the round
+ * against every entry of the database, as a failed flush would.
+ */
+static void
+database_round_failed(Oid dbid)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+		if (entry->key.dbid == dbid)
+			entry_round_failed(entry);	/* removing the current entry is safe */
+	LWLockRelease(usage->lock);
+}
+
+/* Tell the launcher that this worker settled its database's entries. */
+static void
+report_round_done(Oid dbid)
+{
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	usage->round_done = dbid;
+	LWLockRelease(usage->lock);
 }
 
 /*
@@ -390,6 +463,8 @@ flowella_usage_launcher_main(Datum main_arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	/* it runs no statement to cancel: pg_cancel_backend must not end it */
+	pqsignal(SIGINT, SIG_IGN);
 	BackgroundWorkerUnblockSignals();
 	/* no database: shared catalogs only, to see which databases exist */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
@@ -589,7 +664,10 @@ flowella_usage_flush_main(Datum main_arg)
 	LWLockRelease(usage->lock);
 
 	if (n == 0)
+	{
+		report_round_done(dbid);
 		proc_exit(0);
+	}
 	done = palloc0(sizeof(bool) * n);
 
 	/*
@@ -624,9 +702,12 @@ flowella_usage_flush_main(Datum main_arg)
 		entry = hash_search(usage_hash, &keys[i], HASH_FIND, NULL);
 		if (entry == NULL || entry->last_used > DatumGetTimestampTz(whens[i]))
 			continue;
-		if (done[i] || ++entry->retries >= USAGE_MAX_RETRIES)
+		if (done[i])
 			hash_search(usage_hash, &keys[i], HASH_REMOVE, NULL);
+		else
+			entry_round_failed(entry);
 	}
+	usage->round_done = dbid;
 	LWLockRelease(usage->lock);
 	proc_exit(0);
 }
