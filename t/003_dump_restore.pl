@@ -53,14 +53,14 @@ $node->safe_psql('postgres', qq{
 # uses, flushed to last_used_at
 verify_uses($node, 'postgres', \@tokens, 3);
 my %snap = snapshot_queries(@tokens);
-my %before = map { $_ => $node->safe_psql('postgres', $snap{$_}) } keys %snap;
+my %before = take_snapshot($node, 'postgres', %snap);
 
 my $dump = "$PostgreSQL::Test::Utils::tmp_check/flowella.dump";
 $node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, 'postgres' ], 'pg_dump');
 $node->safe_psql('postgres', 'CREATE DATABASE restored');
 $node->command_ok([ 'pg_restore', '--exit-on-error', '-d', 'restored', $dump ], 'pg_restore');
 
-for my $what (sort keys %snap)
+for my $what (snapshot_order(%snap))
 {
 	is($node->safe_psql('restored', $snap{$what}), $before{$what},
 		"$what are the same after restore");

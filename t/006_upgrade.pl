@@ -57,7 +57,7 @@ $node->safe_psql('old_db', qq{
 });
 verify_uses($node, 'old_db', \@tokens, 3);
 my %snap = snapshot_queries(@tokens);
-my %before = map { $_ => $node->safe_psql('old_db', $snap{$_}) } keys %snap;
+my %before = take_snapshot($node, 'old_db', %snap);
 like($before{verify}, qr/REVOKED.*VALID.*VALID.*VALID/s, 'tokens verify on 1.0');
 
 $node->safe_psql('old_db', 'ALTER EXTENSION flowella_apikey UPDATE');
@@ -147,7 +147,7 @@ is(join("\n", @differences), '', 'upgraded objects equal a fresh install (catalo
 ok($upgraded eq $fresh, 'and in the same order');
 
 # Data untouched; tokens verify the same.
-for my $what (sort keys %snap)
+for my $what (snapshot_order(%snap))
 {
 	is($node->safe_psql('old_db', $snap{$what}), $before{$what}, "$what unchanged by the update");
 }

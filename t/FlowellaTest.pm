@@ -5,7 +5,8 @@ use strict;
 use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
-our @EXPORT = qw(preloaded_node verify_uses snapshot_queries);
+our @EXPORT = qw(preloaded_node verify_uses wait_for_flush snapshot_queries
+  snapshot_order take_snapshot);
 
 # A started node that preloads the library, as production runs it, with
 # any further postgresql.conf lines.
@@ -31,6 +32,15 @@ sub verify_uses
 	  or die 'last uses were not flushed';
 }
 
+# Wait until every use noted so far is written (or given up): entries
+# leave shared memory only once their flush has committed.
+sub wait_for_flush
+{
+	my ($node, $db) = @_;
+	$node->poll_query_until($db, 'SELECT pending = 0 FROM flowella.usage_stats()')
+	  or die 'pending uses were not flushed';
+}
+
 # Queries whose output must not change: every key column (the hash in hex),
 # every audit record, every membership, and the verification of each token.
 sub snapshot_queries
@@ -50,6 +60,28 @@ sub snapshot_queries
 		members => 'SELECT org_id, user_id, role FROM flowella.members ORDER BY 1, 2',
 		verify => $verify_all,
 	);
+}
+
+# The order in which to run the snapshot queries when comparing: the data
+# first, the verifications last, since every successful verify is a use
+# that a later flush writes to last_used_at.
+sub snapshot_order
+{
+	my (%snap) = @_;
+	return ((grep { $_ ne 'verify' } sort keys %snap), 'verify');
+}
+
+# Run the snapshot queries in $db and return their outputs.  The
+# verifications run first and their uses are written before the data is
+# read, so that nothing pending changes the data afterwards: what a dump or
+# an upgrade then finds is what was snapshot.
+sub take_snapshot
+{
+	my ($node, $db, %snap) = @_;
+	my %out = (verify => $node->safe_psql($db, $snap{verify}));
+	wait_for_flush($node, $db);
+	$out{$_} = $node->safe_psql($db, $snap{$_}) for grep { $_ ne 'verify' } sort keys %snap;
+	return %out;
 }
 
 1;
