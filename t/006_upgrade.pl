@@ -70,81 +70,12 @@ is($node->safe_psql('old_db',
 $node->safe_psql('postgres', 'CREATE DATABASE fresh_db');
 $node->safe_psql('fresh_db', 'CREATE EXTENSION pgcrypto; CREATE EXTENSION flowella_apikey');
 
-# Every member object of the extension, and everything about it that a
-# DBA or an attacker would care about, without OIDs.
-my $listing = q{
-WITH ext AS (SELECT oid FROM pg_extension WHERE extname = 'flowella_apikey'),
-members AS (
-	SELECT d.classid, d.objid FROM pg_depend d, ext
-	 WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid
-	   AND d.deptype = 'e')
-SELECT 'member ' || pg_describe_object(classid, objid, 0) FROM members
-UNION ALL
-SELECT 'function ' || p.oid::regprocedure || ' acl=' || coalesce(p.proacl::text, '-')
-	   || E'\n' || pg_get_functiondef(p.oid)
-  FROM pg_proc p WHERE p.pronamespace = 'flowella'::regnamespace AND p.prokind <> 'a'
-UNION ALL
-SELECT 'relation ' || c.relname || ' kind=' || c.relkind::text || ' acl=' || coalesce(c.relacl::text, '-')
-	   || ' rls=' || c.relrowsecurity || ' force=' || c.relforcerowsecurity
-	   || ' options=' || coalesce(c.reloptions::text, '-')
-	   || ' owner_is_ext_owner=' || (c.relowner = (SELECT extowner FROM pg_extension
-												WHERE extname = 'flowella_apikey'))
-  FROM pg_class c WHERE c.relnamespace = 'flowella'::regnamespace
-UNION ALL
-SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
-	   || ' notnull=' || a.attnotnull || ' collation=' || coalesce(co.collname, '-')
-	   || ' default=' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '-')
-	   || ' acl=' || coalesce(a.attacl::text, '-') || ' pos=' || a.attnum
-  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-  LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
-  LEFT JOIN pg_collation co ON co.oid = a.attcollation AND a.attcollation <> 100
- WHERE c.relnamespace = 'flowella'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
-UNION ALL
-SELECT 'constraint ' || conrelid::regclass || '.' || conname || ' ' || pg_get_constraintdef(oid)
-  FROM pg_constraint WHERE connamespace = 'flowella'::regnamespace
-UNION ALL
-SELECT 'index ' || pg_get_indexdef(indexrelid)
-  FROM pg_index WHERE indrelid IN (SELECT oid FROM pg_class
-								   WHERE relnamespace = 'flowella'::regnamespace)
-UNION ALL
-SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled=' || t.tgenabled::text
-  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
- WHERE c.relnamespace = 'flowella'::regnamespace AND NOT t.tgisinternal
-UNION ALL
-SELECT 'policy ' || tablename || '.' || policyname || ' ' || cmd || ' ' || roles::text
-	   || ' using=' || coalesce(qual, '-') || ' check=' || coalesce(with_check, '-')
-  FROM pg_policies WHERE schemaname = 'flowella'
-UNION ALL
-SELECT 'view ' || c.relname || E'\n' || pg_get_viewdef(c.oid)
-  FROM pg_class c WHERE c.relnamespace = 'flowella'::regnamespace AND c.relkind = 'v'
-UNION ALL
-SELECT 'type ' || t.typname || ' acl=' || coalesce(t.typacl::text, '-')
-  FROM pg_type t WHERE t.typnamespace = 'flowella'::regnamespace
-UNION ALL
-SELECT 'sequence ' || s.seqrelid::regclass || ' ' || format_type(s.seqtypid, NULL)
-	   || ' start=' || s.seqstart || ' increment=' || s.seqincrement
-  FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid
- WHERE c.relnamespace = 'flowella'::regnamespace
-UNION ALL
-SELECT 'schema ' || nspname || ' acl=' || coalesce(nspacl::text, '-')
-  FROM pg_namespace WHERE nspname = 'flowella'
-UNION ALL
-SELECT 'dumped ' || cfg::regclass || ' where=' || coalesce(cond, '-')
-  FROM pg_extension e, unnest(e.extconfig, e.extcondition) AS u(cfg, cond)
- WHERE e.extname = 'flowella_apikey'
-ORDER BY 1
-};
-my $upgraded = $node->safe_psql('old_db', $listing);
-my $fresh = $node->safe_psql('fresh_db', $listing);
+# Every member object of the extension with its definition, ACL and flags
+# (FlowellaTest::catalog_listing); a failure shows the diff.
+my $upgraded = catalog_listing($node, 'old_db');
+my $fresh = catalog_listing($node, 'fresh_db');
 cmp_ok(scalar(split /\n/, $fresh), '>', 200, 'the catalog listing is not trivially small');
-# compared line by line, so that a failure shows only what differs
-my %in_fresh = map { $_ => 1 } split /\n/, $fresh;
-my %in_upgraded = map { $_ => 1 } split /\n/, $upgraded;
-my @differences = (
-	(map { "only after upgrade: $_" } grep { !$in_fresh{$_} } split /\n/, $upgraded),
-	(map { "only in fresh install: $_" } grep { !$in_upgraded{$_} } split /\n/, $fresh));
-is(join("\n", @differences), '', 'upgraded objects equal a fresh install (catalog listing)');
-ok($upgraded eq $fresh, 'and in the same order');
+listing_is($upgraded, $fresh, 'upgraded objects equal a fresh install (catalog listing, in order)');
 
 # Data untouched; tokens verify the same.
 for my $what (snapshot_order(%snap))
