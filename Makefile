@@ -5,10 +5,13 @@ OBJS = \
 	$(WIN32RES) \
 	flowella_apikey.o \
 	flowella_audit.o \
+	flowella_check.o \
 	flowella_manage.o \
 	flowella_redact.o \
+	flowella_scopes.o \
 	flowella_token.o \
-	flowella_usage.o
+	flowella_usage.o \
+	flowella_verify.o
 
 EXTENSION = flowella_apikey
 # One install script, then one upgrade script per version: CREATE EXTENSION

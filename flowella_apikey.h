@@ -65,6 +65,8 @@ typedef struct FlwlQuery
 extern int	flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls,
 							bool read_only, long count);
 
+/* Scope sets and names in messages (flowella_scopes.c) */
+
 /* A copy of s fit to quote in a message: token-shaped runs redacted. */
 extern char *flwl_quotable(const char *s, size_t len);
 
@@ -86,6 +88,15 @@ extern bool flwl_scope_set_has(const FlwlScopeSet *set, Datum scope);
  */
 extern FlwlScopeSet flwl_effective_scopes(Datum key_scopes, bool key_scopes_null,
 										  const FlwlScopeSet *plan);
+
+/*
+ * What is wrong with a label or organisation name as stored (in the
+ * database encoding), or NULL (flowella_check.c).
+ */
+extern const char *flwl_label_text_problem(text *t);
+
+/* The verify path (flowella_verify.c) */
+extern void flwl_verify_init(void);
 
 /* Last-used tracking (flowella_usage.c) */
 extern void flwl_usage_init(void);

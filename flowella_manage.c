@@ -26,8 +26,7 @@
  * (OPERATOR(pg_catalog.=), pg_catalog.now(), ...) and runs with search_path
  * pinned to pg_catalog, pg_temp (flwl_query_exec): the audit triggers run
  * them for whoever changes a row, in whatever search_path that session or
- * its database has.  The CHECK functions run no query; see label_problem
- * for their one lookup.
+ * its database has.
  *
  *-------------------------------------------------------------------------
  */
@@ -249,9 +248,6 @@ PG_FUNCTION_INFO_V1(flowella_org_create);
 PG_FUNCTION_INFO_V1(flowella_member_set);
 PG_FUNCTION_INFO_V1(flowella_member_remove);
 PG_FUNCTION_INFO_V1(flowella_plan_set);
-PG_FUNCTION_INFO_V1(flowella_label_ok);
-PG_FUNCTION_INFO_V1(flowella_scope_set_ok);
-PG_FUNCTION_INFO_V1(flowella_api_key_row_ok);
 
 /*---- SPI helpers ----*/
 
@@ -344,30 +340,6 @@ require_arg(FunctionCallInfo fcinfo, int argno, const char *field)
 				 errdetail("The %s must not be null.", field)));
 }
 
-/*
- * What is wrong with a label or organisation name, or NULL.
- *
- * The CHECK constraints call this for any role, in any search_path.  Its
- * one name lookup is the conversion to UTF-8 of a database in another
- * encoding (the default conversion is searched for along search_path), so
- * only then is the path pinned: a UTF-8 database pays nothing.
- */
-static const char *
-label_problem(text *t)
-{
-	int			encoding = GetDatabaseEncoding();
-	int			pinned = 0;
-	char	   *utf8;
-
-	if (encoding != PG_UTF8 && encoding != PG_SQL_ASCII)
-		pinned = flwl_pin_search_path();
-	utf8 = pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
-	flwl_unpin_search_path(pinned);
-
-	return flwl_label_problem(utf8, (utf8 == VARDATA_ANY(t)) ?
-							  VARSIZE_ANY_EXHDR(t) : strlen(utf8));
-}
-
 /* Labels and organisation names: see flwl_label_problem. */
 static void
 check_label(FunctionCallInfo fcinfo, int argno, const char *field)
@@ -375,127 +347,9 @@ check_label(FunctionCallInfo fcinfo, int argno, const char *field)
 	const char *problem;
 
 	require_arg(fcinfo, argno, field);
-	problem = label_problem(PG_GETARG_TEXT_PP(argno));
+	problem = flwl_label_text_problem(PG_GETARG_TEXT_PP(argno));
 	if (problem != NULL)
 		invalid_argument(field, problem);
-}
-
-/* label_ok(text): the CHECK of labels and organisation names. */
-Datum
-flowella_label_ok(PG_FUNCTION_ARGS)
-{
-	PG_RETURN_BOOL(label_problem(PG_GETARG_TEXT_PP(0)) == NULL);
-}
-
-/* Whether a stored scope set is one-dimensional, without NULLs, all valid. */
-static bool
-scope_set_valid(ArrayType *arr)
-{
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-
-	if (ARR_NDIM(arr) > 1)
-		return false;
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
-	for (int i = 0; i < n; i++)
-	{
-		text	   *e;
-
-		if (nulls[i])
-			return false;
-		e = DatumGetTextPP(elems[i]);
-		if (flwl_scope_name_problem(VARDATA_ANY(e), VARSIZE_ANY_EXHDR(e)) != NULL)
-			return false;
-	}
-	return true;
-}
-
-/* scope_set_ok(text[]): the CHECK of plans' scope sets. */
-Datum
-flowella_scope_set_ok(PG_FUNCTION_ARGS)
-{
-	PG_RETURN_BOOL(scope_set_valid(PG_GETARG_ARRAYTYPE_P(0)));
-}
-
-/*
- * api_key_row_ok(label, prefix, mode, secret_hash, scopes, created_at,
- * expires_at, revoked_at, revoked_by): the one CHECK constraint of api_keys.
- *
- * The API never writes a row that fails it; it stops direct writes and bad
- * restores.  One C function rather than a CHECK per rule because PostgreSQL
- * reads every CHECK expression back from the catalog on each INSERT, and
- * seven of them cost a tenth of a create.  It raises its own error naming
- * the bad field, without the "Failing row contains" detail that would put
- * the row (hash included) into the server log.
- */
-static const char *
-api_key_row_problem(FunctionCallInfo fcinfo, const char **field)
-{
-	FlwlMode	prefix_mode = FLWL_MODE_INVALID;
-	const char *why;
-
-	*field = "label";
-	if (PG_ARGISNULL(0))
-		return "The label must not be null.";
-	if ((why = label_problem(PG_GETARG_TEXT_PP(0))) != NULL)
-		return why;
-
-	*field = "prefix";
-	if (!PG_ARGISNULL(1))
-	{
-		text	   *prefix = PG_GETARG_TEXT_PP(1);
-
-		prefix_mode = flwl_prefix_parse(VARDATA_ANY(prefix),
-										VARSIZE_ANY_EXHDR(prefix));
-	}
-	if (prefix_mode == FLWL_MODE_INVALID)
-		return "A prefix is \"flwl_live_\" or \"flwl_test_\" followed by 8 base62 characters.";
-
-	*field = "mode";
-	if (PG_ARGISNULL(2) ||
-		flwl_mode_from_name(VARDATA_ANY(PG_GETARG_TEXT_PP(2)),
-							VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(2))) != prefix_mode)
-		return "The mode must be \"live\" or \"test\", the one the prefix names.";
-
-	*field = "secret_hash";
-	if (PG_ARGISNULL(3) || VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(3)) != FLWL_HASH_LEN)
-		return "The secret hash is the 32-byte SHA-256 of the token.";
-
-	*field = "scopes";
-	if (!PG_ARGISNULL(4))
-	{
-		ArrayType  *scopes = PG_GETARG_ARRAYTYPE_P(4);
-
-		if (ArrayGetNItems(ARR_NDIM(scopes), ARR_DIMS(scopes)) == 0 ||
-			!scope_set_valid(scopes))
-			return "Scopes are NULL (the plan's) or a non-empty one-dimensional array of valid scope names.";
-	}
-
-	*field = "expires_at";
-	if (!PG_ARGISNULL(5) && !PG_ARGISNULL(6) &&
-		PG_GETARG_TIMESTAMPTZ(6) <= PG_GETARG_TIMESTAMPTZ(5))
-		return "A key must expire after it was created.";
-
-	*field = "revoked_at";
-	if (!PG_ARGISNULL(8) && PG_ARGISNULL(7))
-		return "A key revoked by someone has a revocation time.";
-
-	return NULL;
-}
-
-Datum
-flowella_api_key_row_ok(PG_FUNCTION_ARGS)
-{
-	const char *field;
-	const char *why = api_key_row_problem(fcinfo, &field);
-
-	if (why != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("invalid value in column \"%s\" of an API key row", field),
-				 errdetail("%s", why)));
-	PG_RETURN_BOOL(true);
 }
 
 static FlwlMode

@@ -1,0 +1,184 @@
+/*-------------------------------------------------------------------------
+ *
+ * flowella_check.c
+ *		The CHECK constraints of the tables, in C: label_ok, scope_set_ok and
+ *		api_key_row_ok.
+ *
+ * They apply the same validators as the API functions apply to their
+ * arguments, so a direct write by the table owner or a restore cannot
+ * store what the API would refuse.  They run for any role, in any
+ * search_path, inside every INSERT and UPDATE of their tables: they run no
+ * query, and see flwl_label_text_problem for their one name lookup.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type_d.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "flowella_apikey.h"
+#include "flowella_token.h"
+
+/*---- Function declarations ----*/
+
+PG_FUNCTION_INFO_V1(flowella_label_ok);
+PG_FUNCTION_INFO_V1(flowella_scope_set_ok);
+PG_FUNCTION_INFO_V1(flowella_api_key_row_ok);
+
+static bool scope_set_valid(ArrayType *arr);
+static const char *api_key_row_problem(FunctionCallInfo fcinfo,
+									   const char **field);
+
+/*---- Labels ----*/
+
+
+/*
+ * What is wrong with a label or organisation name, or NULL.
+ *
+ * The CHECK constraints call this for any role, in any search_path.  Its
+ * one name lookup is the conversion to UTF-8 of a database in another
+ * encoding (the default conversion is searched for along search_path), so
+ * only then is the path pinned: a UTF-8 database pays nothing.
+ */
+const char *
+flwl_label_text_problem(text *t)
+{
+	int			encoding = GetDatabaseEncoding();
+	int			pinned = 0;
+	char	   *utf8;
+
+	if (encoding != PG_UTF8 && encoding != PG_SQL_ASCII)
+		pinned = flwl_pin_search_path();
+	utf8 = pg_server_to_any(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), PG_UTF8);
+	flwl_unpin_search_path(pinned);
+
+	return flwl_label_problem(utf8, (utf8 == VARDATA_ANY(t)) ?
+							  VARSIZE_ANY_EXHDR(t) : strlen(utf8));
+}
+
+
+/* label_ok(text): the CHECK of labels and organisation names. */
+Datum
+flowella_label_ok(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(flwl_label_text_problem(PG_GETARG_TEXT_PP(0)) == NULL);
+}
+
+/*---- Scope sets ----*/
+
+/* Whether a stored scope set is one-dimensional, without NULLs, all valid. */
+static bool
+scope_set_valid(ArrayType *arr)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (ARR_NDIM(arr) > 1)
+		return false;
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+	{
+		text	   *e;
+
+		if (nulls[i])
+			return false;
+		e = DatumGetTextPP(elems[i]);
+		if (flwl_scope_name_problem(VARDATA_ANY(e), VARSIZE_ANY_EXHDR(e)) != NULL)
+			return false;
+	}
+	return true;
+}
+
+/* scope_set_ok(text[]): the CHECK of plans' scope sets. */
+Datum
+flowella_scope_set_ok(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(scope_set_valid(PG_GETARG_ARRAYTYPE_P(0)));
+}
+
+/*---- Key rows ----*/
+
+/*
+ * api_key_row_ok(label, prefix, mode, secret_hash, scopes, created_at,
+ * expires_at, revoked_at, revoked_by): the one CHECK constraint of api_keys.
+ *
+ * The API never writes a row that fails it; it stops direct writes and bad
+ * restores.  One C function rather than a CHECK per rule because PostgreSQL
+ * reads every CHECK expression back from the catalog on each INSERT, and
+ * seven of them cost a tenth of a create.  It raises its own error naming
+ * the bad field, without the "Failing row contains" detail that would put
+ * the row (hash included) into the server log.
+ */
+static const char *
+api_key_row_problem(FunctionCallInfo fcinfo, const char **field)
+{
+	FlwlMode	prefix_mode = FLWL_MODE_INVALID;
+	const char *why;
+
+	*field = "label";
+	if (PG_ARGISNULL(0))
+		return "The label must not be null.";
+	if ((why = flwl_label_text_problem(PG_GETARG_TEXT_PP(0))) != NULL)
+		return why;
+
+	*field = "prefix";
+	if (!PG_ARGISNULL(1))
+	{
+		text	   *prefix = PG_GETARG_TEXT_PP(1);
+
+		prefix_mode = flwl_prefix_parse(VARDATA_ANY(prefix),
+										VARSIZE_ANY_EXHDR(prefix));
+	}
+	if (prefix_mode == FLWL_MODE_INVALID)
+		return "A prefix is \"flwl_live_\" or \"flwl_test_\" followed by 8 base62 characters.";
+
+	*field = "mode";
+	if (PG_ARGISNULL(2) ||
+		flwl_mode_from_name(VARDATA_ANY(PG_GETARG_TEXT_PP(2)),
+							VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(2))) != prefix_mode)
+		return "The mode must be \"live\" or \"test\", the one the prefix names.";
+
+	*field = "secret_hash";
+	if (PG_ARGISNULL(3) || VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(3)) != FLWL_HASH_LEN)
+		return "The secret hash is the 32-byte SHA-256 of the token.";
+
+	*field = "scopes";
+	if (!PG_ARGISNULL(4))
+	{
+		ArrayType  *scopes = PG_GETARG_ARRAYTYPE_P(4);
+
+		if (ArrayGetNItems(ARR_NDIM(scopes), ARR_DIMS(scopes)) == 0 ||
+			!scope_set_valid(scopes))
+			return "Scopes are NULL (the plan's) or a non-empty one-dimensional array of valid scope names.";
+	}
+
+	*field = "expires_at";
+	if (!PG_ARGISNULL(5) && !PG_ARGISNULL(6) &&
+		PG_GETARG_TIMESTAMPTZ(6) <= PG_GETARG_TIMESTAMPTZ(5))
+		return "A key must expire after it was created.";
+
+	*field = "revoked_at";
+	if (!PG_ARGISNULL(8) && PG_ARGISNULL(7))
+		return "A key revoked by someone has a revocation time.";
+
+	return NULL;
+}
+
+Datum
+flowella_api_key_row_ok(PG_FUNCTION_ARGS)
+{
+	const char *field;
+	const char *why = api_key_row_problem(fcinfo, &field);
+
+	if (why != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("invalid value in column \"%s\" of an API key row", field),
+				 errdetail("%s", why)));
+	PG_RETURN_BOOL(true);
+}

@@ -1,0 +1,743 @@
+/*-------------------------------------------------------------------------
+ *
+ * flowella_verify.c
+ *		The hot path: apikey_verify, its per-backend caches and the trigger
+ *		that invalidates its plan cache.
+ *
+ * apikey_verify reads flowella.api_keys through its unique prefix index
+ * directly, with no SPI and no SQL-level permission check: the verifier role
+ * holds no table privilege at all, and the cost stays that of one index
+ * probe plus the organisation's plan.  It takes the latest snapshot, so a
+ * revoke committed before the call is seen even inside an older REPEATABLE
+ * READ transaction.  It never raises for any text input: anything that does
+ * not parse as a token answers MALFORMED before a table is touched.
+ *
+ * The verify path keeps three per-backend caches: the OIDs and column
+ * numbers of its relations (vrels), each organisation's plan scopes (the
+ * plan cache) and the descriptor of its result row.  Their invalidation
+ * callback runs inside any call that accepts invalidation messages: locking
+ * a relation (table_open, index_open), a catalog lookup that misses the
+ * syscache, and detoasting a value, which opens its TOAST table.  Verify
+ * makes such calls after reading the caches, so two rules hold:
+ *
+ * - A lookup that fills a cache counts the invalidations that arrive while
+ *   it looks (a generation number) and starts again if one did, so that no
+ *   invalidation is lost.  OIDs from vrels are checked again once their
+ *   relations are locked, and verify works on its own copy of them.
+ * - Nothing read from a cache is used after such a call unless the cache is
+ *   pinned.  Verify pins the plan cache for its whole length: a reset while
+ *   pinned only retires the cache's memory, which is freed when the last
+ *   pin goes.  The result descriptor is looked up and used with no such
+ *   call in between.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <sodium.h>
+
+#include "access/detoast.h"
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/relation.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation_d.h"
+#include "commands/trigger.h"
+#include "executor/tuptable.h"
+#include "funcapi.h"
+#include "storage/lockdefs.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "flowella_apikey.h"
+#include "flowella_token.h"
+
+/*---- Verify path cache ----*/
+
+/*
+ * OIDs and column numbers the verify path needs, looked up once per backend
+ * and forgotten when any of these relations is invalidated (for example by
+ * DROP EXTENSION or an upgrade script).
+ */
+typedef struct VerifyRels
+{
+	bool		valid;
+	Oid			keys;
+	Oid			keys_prefix_idx;
+	Oid			orgs;
+	Oid			orgs_pkey;
+	Oid			plans;
+	Oid			plans_pkey;
+	AttrNumber	k_key_id;
+	AttrNumber	k_org_id;
+	AttrNumber	k_secret_hash;
+	AttrNumber	k_scopes;
+	AttrNumber	k_expires_at;
+	AttrNumber	k_revoked_at;
+	AttrNumber	o_plan;
+	AttrNumber	p_scopes;
+} VerifyRels;
+
+static VerifyRels vrels;
+static uint64 vrels_generation = 0;	/* bumped when vrels is invalidated */
+
+/*
+ * Per-backend cache: organisation -> its plan's current scopes, so that a
+ * verify costs one index probe.  Key status is never cached.  A statement
+ * trigger on orgs and plans sends a relcache invalidation at commit
+ * (flowella_plan_cache_invalidate); every backend then drops the whole cache
+ * before its next verify, which calls AcceptInvalidationMessages first.
+ *
+ * A verify pins the cache (plan_cache_pins) while it uses an entry: a reset
+ * that arrives meanwhile moves the cache's context under plan_cache_retired
+ * instead of freeing it, and the last unpin frees what was retired.
+ */
+typedef struct PlanCacheEntry
+{
+	pg_uuid_t	org_id;			/* hash key */
+	FlwlScopeSet scopes;		/* sorted, in plan_cache_cxt */
+} PlanCacheEntry;
+
+#define PLAN_CACHE_MAX_ORGS	10000
+
+static MemoryContext plan_cache_cxt = NULL;
+static HTAB *plan_cache = NULL;
+static uint64 plan_cache_generation = 0;	/* bumped at each reset */
+static int	plan_cache_pins = 0;
+static MemoryContext plan_cache_retired = NULL;
+
+/* Outcome codes of apikey_verify, indexes into verify_code_names. */
+typedef enum VerifyCode
+{
+	VC_VALID,
+	VC_MALFORMED,
+	VC_NOT_FOUND,
+	VC_REVOKED,
+	VC_EXPIRED,
+	VC_INSUFFICIENT_SCOPE
+} VerifyCode;
+
+static const char *const verify_code_names[] = {
+	"VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE"
+};
+
+static text *verify_code_texts[lengthof(verify_code_names)];
+static text *mode_texts[FLWL_MODE_TEST + 1];
+
+/* Descriptor of flowella.verification, and the relation of that type. */
+static TupleDesc verify_tupdesc = NULL;
+static Oid	verify_type_relid = InvalidOid;
+static uint64 verify_tupdesc_generation = 0;	/* bumped when it is dropped */
+
+/*---- Function declarations ----*/
+
+PG_FUNCTION_INFO_V1(flowella_apikey_verify);
+PG_FUNCTION_INFO_V1(flowella_plan_cache_invalidate);
+
+static void plan_cache_xact_callback(XactEvent event, void *arg);
+static void plan_cache_subxact_callback(SubXactEvent event,
+										SubTransactionId mySubid,
+										SubTransactionId parentSubid, void *arg);
+static void vrels_invalidate(Datum arg, Oid relid);
+static void vrels_load(void);
+static VerifyRels vrels_open(bool plan_side, Relation *rels);
+static bool probe_unique(Relation heap, Relation index, RegProcedure eqproc,
+						 Oid collation, Datum key, Snapshot snapshot,
+						 TupleTableSlot *slot);
+static Datum fetch_column(Relation rel, Relation idx, RegProcedure eqproc,
+						  Oid collation, Datum key, AttrNumber attnum,
+						  Snapshot snapshot);
+static void plan_cache_reset(void);
+static void plan_cache_unpin(void);
+static const FlwlScopeSet *plan_scopes_of_org(Datum org_id, Snapshot snapshot);
+static TupleDesc verification_desc(FunctionCallInfo fcinfo);
+static Datum verify_body(FunctionCallInfo fcinfo);
+static Datum verification_result(FunctionCallInfo fcinfo, VerifyCode code,
+								 Datum key_id, Datum org_id, Datum scopes,
+								 bool scopes_null, FlwlMode mode);
+
+
+/*
+ * Register the callbacks that keep the verify caches honest: the relcache
+ * invalidation of all three, and the release of a failed verify's pin at
+ * (sub)transaction abort.  Called once, from _PG_init.
+ */
+void
+flwl_verify_init(void)
+{
+	RegisterXactCallback(plan_cache_xact_callback, NULL);
+	RegisterSubXactCallback(plan_cache_subxact_callback, NULL);
+	CacheRegisterRelcacheCallback(vrels_invalidate, (Datum) 0);
+}
+
+/*---- Verify path ----*/
+
+/*
+ * Drop every entry of the plan cache.  While a verify holds a pin, the
+ * entries it reads must stay where they are: the context is retired, not
+ * reset, and the next lookup starts a new one.  Runs inside invalidation
+ * callbacks, so it allocates nothing.
+ */
+static void
+plan_cache_reset(void)
+{
+	plan_cache_generation++;
+	plan_cache = NULL;
+	if (plan_cache_cxt == NULL)
+		return;
+	if (plan_cache_pins == 0)
+		MemoryContextReset(plan_cache_cxt);
+	else
+	{
+		MemoryContextSetParent(plan_cache_cxt, plan_cache_retired);
+		plan_cache_cxt = NULL;
+	}
+}
+
+/* Release a pin taken by verify; the last one frees retired caches. */
+static void
+plan_cache_unpin(void)
+{
+	Assert(plan_cache_pins > 0);
+	if (--plan_cache_pins == 0 && plan_cache_retired != NULL)
+		MemoryContextReset(plan_cache_retired);
+}
+
+/*
+ * A verify that fails leaves its pin behind.  No verify is running when a
+ * transaction or subtransaction aborts (verify runs no user code and starts
+ * no subtransaction), so the pins are released then; cheaper than a PG_TRY
+ * block around every verify.  Until then resets only retire memory.
+ */
+static void
+plan_cache_xact_callback(XactEvent event, void *arg)
+{
+	if ((event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT) &&
+		plan_cache_pins > 0)
+	{
+		plan_cache_pins = 1;
+		plan_cache_unpin();
+	}
+}
+
+static void
+plan_cache_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+							SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB && plan_cache_pins > 0)
+	{
+		plan_cache_pins = 1;
+		plan_cache_unpin();
+	}
+}
+
+/*
+ * Relcache invalidation callback of the three verify caches.  Until a cache
+ * is filled, every invalidation counts: the relations it will hold are not
+ * known yet, and the lookup in progress may already have read them.
+ */
+static void
+vrels_invalidate(Datum arg, Oid relid)
+{
+	if (verify_tupdesc == NULL || relid == InvalidOid ||
+		relid == verify_type_relid)
+	{
+		verify_tupdesc_generation++;
+		if (verify_tupdesc != NULL)
+		{
+			FreeTupleDesc(verify_tupdesc);
+			verify_tupdesc = NULL;
+		}
+	}
+
+	if (relid == InvalidOid || !vrels.valid ||
+		relid == vrels.orgs || relid == vrels.plans)
+		plan_cache_reset();
+	if (!vrels.valid || relid == InvalidOid || relid == vrels.keys ||
+		relid == vrels.keys_prefix_idx || relid == vrels.orgs ||
+		relid == vrels.orgs_pkey || relid == vrels.plans ||
+		relid == vrels.plans_pkey)
+	{
+		vrels_generation++;
+		vrels.valid = false;
+	}
+}
+
+static Oid
+vrels_relid(Oid nsp, const char *name)
+{
+	Oid			relid = get_relname_relid(name, nsp);
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "flowella_apikey relation \"%s\" is missing", name);
+	return relid;
+}
+
+static AttrNumber
+vrels_attnum(Oid relid, const char *name)
+{
+	AttrNumber	attnum = get_attnum(relid, name);
+
+	if (attnum == InvalidAttrNumber)
+		elog(ERROR, "flowella_apikey column \"%s\" is missing", name);
+	return attnum;
+}
+
+/*
+ * Look the relations up by name in schema flowella.  The schema name is
+ * fixed (the extension is not relocatable) and the install script refuses a
+ * schema planted by another role, so the names cannot be hijacked.
+ *
+ * The lookups may accept invalidation messages; one that arrives meanwhile
+ * (the extension dropped and created again, say) may concern what was
+ * already read, so the whole lookup starts again.  Setting valid afterwards
+ * without this check would lose it for good.
+ */
+static void
+vrels_load(void)
+{
+	VerifyRels	r;
+	uint64		generation;
+	Oid			nsp;
+
+retry:
+	generation = vrels_generation;
+	nsp = get_namespace_oid("flowella", false);
+	r.keys = vrels_relid(nsp, "api_keys");
+	r.keys_prefix_idx = vrels_relid(nsp, "api_keys_prefix_key");
+	r.orgs = vrels_relid(nsp, "orgs");
+	r.orgs_pkey = vrels_relid(nsp, "orgs_pkey");
+	r.plans = vrels_relid(nsp, "plans");
+	r.plans_pkey = vrels_relid(nsp, "plans_pkey");
+	r.k_key_id = vrels_attnum(r.keys, "key_id");
+	r.k_org_id = vrels_attnum(r.keys, "org_id");
+	r.k_secret_hash = vrels_attnum(r.keys, "secret_hash");
+	r.k_scopes = vrels_attnum(r.keys, "scopes");
+	r.k_expires_at = vrels_attnum(r.keys, "expires_at");
+	r.k_revoked_at = vrels_attnum(r.keys, "revoked_at");
+	r.o_plan = vrels_attnum(r.orgs, "plan");
+	r.p_scopes = vrels_attnum(r.plans, "scopes");
+	if (generation != vrels_generation)
+		goto retry;
+	r.valid = true;
+	vrels = r;
+}
+
+/*
+ * Lock and open the relations of one side of the verify path: the keys
+ * table and its prefix index, or (plan_side) orgs, plans and their primary
+ * keys, into rels in that order.  Returns the copy of vrels their OIDs came
+ * from, for the caller to read column numbers from: locking accepts
+ * invalidations, which may make vrels stale (and a later reload change it)
+ * while the caller still works with these relations.  A relation that has
+ * gone, or an invalidation while locking, means the lookup starts again.
+ */
+static VerifyRels
+vrels_open(bool plan_side, Relation *rels)
+{
+	for (;;)
+	{
+		VerifyRels	r;
+		uint64		generation;
+		Oid			relids[4];
+		int			n;
+		int			opened = 0;
+
+		if (!vrels.valid)
+			vrels_load();
+		r = vrels;
+		generation = vrels_generation;
+		if (plan_side)
+		{
+			relids[0] = r.orgs;
+			relids[1] = r.orgs_pkey;
+			relids[2] = r.plans;
+			relids[3] = r.plans_pkey;
+			n = 4;
+		}
+		else
+		{
+			relids[0] = r.keys;
+			relids[1] = r.keys_prefix_idx;
+			n = 2;
+		}
+
+		/* tables and indexes alternate in relids */
+		while (opened < n &&
+			   (rels[opened] = try_relation_open(relids[opened],
+												 AccessShareLock)) != NULL)
+		{
+			char		relkind = rels[opened++]->rd_rel->relkind;
+
+			if (relkind != ((opened % 2) ? RELKIND_RELATION : RELKIND_INDEX))
+				elog(ERROR, "flowella_apikey relation \"%s\" has the wrong kind",
+					 RelationGetRelationName(rels[opened - 1]));
+		}
+		if (opened == n && generation == vrels_generation)
+			return r;
+
+		/*
+		 * Keep the locks: locking the same relations again then accepts no
+		 * invalidation, so the next round settles even under a stream of
+		 * them (a plan change invalidates vrels too).
+		 */
+		while (opened > 0)
+			relation_close(rels[--opened], NoLock);
+		vrels.valid = false;
+	}
+}
+
+/*
+ * Fetch the one row whose unique index key equals key into slot.  Returns
+ * false when there is none visible to snapshot.
+ */
+static bool
+probe_unique(Relation heap, Relation index, RegProcedure eqproc, Oid collation,
+			 Datum key, Snapshot snapshot, TupleTableSlot *slot)
+{
+	ScanKeyData skey;
+	IndexScanDesc scan;
+	bool		found;
+
+	ScanKeyEntryInitialize(&skey, 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   collation, eqproc, key);
+	scan = index_beginscan(heap, index, snapshot, 1, 0);
+	index_rescan(scan, &skey, 1, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+	return found;
+}
+
+/*
+ * Column attnum of the row whose unique key is key, as a detoasted copy in
+ * CurrentMemoryContext.  The row must exist.  The caller has rel and idx
+ * open and locked.
+ */
+static Datum
+fetch_column(Relation rel, Relation idx, RegProcedure eqproc, Oid collation,
+			 Datum key, AttrNumber attnum, Snapshot snapshot)
+{
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Datum		value;
+	bool		isnull;
+
+	if (!probe_unique(rel, idx, eqproc, collation, key, snapshot, slot))
+		elog(ERROR, "row referenced by API key not found in \"%s\"",
+			 RelationGetRelationName(rel));
+	value = slot_getattr(slot, attnum, &isnull);
+	if (isnull)
+		elog(ERROR, "unexpected null in \"%s\"", RelationGetRelationName(rel));
+	value = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
+
+	ExecDropSingleTupleTableSlot(slot);
+	return value;
+}
+
+/*
+ * The current scopes of an organisation's plan, as a sorted set, from the
+ * cache if there.  The result lives in the cache or in CurrentMemoryContext;
+ * the caller must hold a pin on the cache for as long as it uses it.
+ */
+static const FlwlScopeSet *
+plan_scopes_of_org(Datum org_id, Snapshot snapshot)
+{
+	PlanCacheEntry *entry;
+	uint64		generation = plan_cache_generation;
+	VerifyRels	r;
+	Relation	rels[4];
+	Datum		plan,
+				scopes;
+	bool		found;
+	MemoryContext oldcxt;
+	FlwlScopeSet *fresh;
+
+	Assert(plan_cache_pins > 0);
+	if (plan_cache != NULL)
+	{
+		entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_FIND, NULL);
+		if (entry != NULL)
+			return &entry->scopes;
+	}
+
+	r = vrels_open(true, rels);
+	plan = fetch_column(rels[0], rels[1], F_UUID_EQ, InvalidOid,
+						org_id, r.o_plan, snapshot);
+	scopes = fetch_column(rels[2], rels[3], F_TEXTEQ,
+						  C_COLLATION_OID, plan, r.p_scopes, snapshot);
+	for (int i = 3; i >= 0; i--)
+		relation_close(rels[i], AccessShareLock);
+
+	/* an invalidation arrived while reading: do not cache what was read */
+	if (generation != plan_cache_generation)
+	{
+		fresh = palloc(sizeof(FlwlScopeSet));
+		*fresh = flwl_scope_set(scopes);
+		return fresh;
+	}
+
+	if (plan_cache != NULL &&
+		hash_get_num_entries(plan_cache) >= PLAN_CACHE_MAX_ORGS)
+		plan_cache_reset();
+	if (plan_cache_cxt == NULL)
+	{
+		/* made here, as plan_cache_reset must not allocate */
+		if (plan_cache_retired == NULL)
+			plan_cache_retired = AllocSetContextCreate(TopMemoryContext,
+													   "flowella retired plan caches",
+													   ALLOCSET_SMALL_SIZES);
+		plan_cache_cxt = AllocSetContextCreate(TopMemoryContext,
+											   "flowella plan cache",
+											   ALLOCSET_DEFAULT_SIZES);
+	}
+	if (plan_cache == NULL)
+	{
+		HASHCTL		info;
+
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(pg_uuid_t);
+		info.entrysize = sizeof(PlanCacheEntry);
+		info.hcxt = plan_cache_cxt;
+		plan_cache = hash_create("flowella plan cache", 256, &info,
+								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_ENTER, &found);
+	oldcxt = MemoryContextSwitchTo(plan_cache_cxt);
+	entry->scopes = flwl_scope_set(datumCopy(scopes, false, -1));
+	MemoryContextSwitchTo(oldcxt);
+	return &entry->scopes;
+}
+
+/*
+ * Trigger on orgs and plans: a change of an org's plan or of a plan's scopes
+ * must reach every backend's plan cache.  A relcache invalidation is sent at
+ * commit (and dropped on rollback), exactly when the change becomes visible.
+ */
+Datum
+flowella_plan_cache_invalidate(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "must be called as a trigger");
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * The descriptor of flowella.verification, looked up once per backend
+ * (fn_extra would not outlive one query execution) and dropped when the
+ * type's relation is invalidated.  The lookups accept invalidations: the
+ * descriptor is cached only if none arrived meanwhile (see vrels_invalidate),
+ * and the caller must use it before any other call that accepts them.
+ */
+static TupleDesc
+verification_desc(FunctionCallInfo fcinfo)
+{
+	while (verify_tupdesc == NULL)
+	{
+		uint64		generation = verify_tupdesc_generation;
+		MemoryContext oldcxt;
+		TupleDesc	tupdesc;
+		Oid			typid;
+		Oid			typrelid;
+
+		if (get_call_result_type(fcinfo, &typid, &tupdesc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "return type must be a row type");
+		typrelid = get_typ_typrelid(typid);
+		if (generation != verify_tupdesc_generation)
+			continue;
+
+		oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+		/* the constant texts of the result, made once per backend */
+		if (verify_code_texts[0] == NULL)
+		{
+			for (size_t i = 0; i < lengthof(verify_code_names); i++)
+				verify_code_texts[i] = cstring_to_text(verify_code_names[i]);
+			mode_texts[FLWL_MODE_LIVE] = cstring_to_text(flwl_mode_name(FLWL_MODE_LIVE));
+			mode_texts[FLWL_MODE_TEST] = cstring_to_text(flwl_mode_name(FLWL_MODE_TEST));
+		}
+		verify_tupdesc = BlessTupleDesc(CreateTupleDescCopy(tupdesc));
+		verify_type_relid = typrelid;
+		MemoryContextSwitchTo(oldcxt);
+	}
+	return verify_tupdesc;
+}
+
+/*
+ * Build the flowella.verification row.  scopes may point into the plan
+ * cache, which the caller keeps pinned; heap_form_tuple copies it.
+ */
+static Datum
+verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
+					Datum org_id, Datum scopes, bool scopes_null, FlwlMode mode)
+{
+	TupleDesc	tupdesc = verification_desc(fcinfo);
+	Datum		values[6];
+	bool		nulls[6];
+	bool		known = (key_id != (Datum) 0);
+
+	values[0] = BoolGetDatum(code == VC_VALID);
+	nulls[0] = false;
+	values[1] = PointerGetDatum(verify_code_texts[code]);
+	nulls[1] = false;
+	values[2] = key_id;
+	nulls[2] = !known;
+	values[3] = org_id;
+	nulls[3] = !known;
+	values[4] = scopes;
+	nulls[4] = scopes_null;
+	values[5] = known ? PointerGetDatum(mode_texts[mode]) : (Datum) 0;
+	nulls[5] = !known;
+
+	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+}
+
+/*
+ * apikey_verify(token text, required_scope text) returns flowella.verification
+ *
+ * Order of checks: shape and checksum (MALFORMED, no table access), key by
+ * prefix and constant-time hash compare (NOT_FOUND either way, so a guess
+ * learns nothing), revoked, expired, then scope.  key_id, org_id and mode
+ * are returned once the hash matched; scopes only for VALID and
+ * INSUFFICIENT_SCOPE.
+ *
+ * The plan cache stays pinned for the whole call: the plan's scopes are
+ * read from it before the key's scopes and the required scope are detoasted
+ * and before the result descriptor is looked up, and any of these may reset
+ * it.  A pin costs less than copying thousands of scopes on every call.
+ * An error leaves the pin to plan_cache_xact_callback.
+ */
+Datum
+flowella_apikey_verify(PG_FUNCTION_ARGS)
+{
+	Datum		result;
+
+	plan_cache_pins++;
+	result = verify_body(fcinfo);
+	plan_cache_unpin();
+	return result;
+}
+
+/* The body of apikey_verify, run with the plan cache pinned. */
+static Datum
+verify_body(FunctionCallInfo fcinfo)
+{
+	text	   *token;
+	const char *tok;
+	size_t		len;
+	FlwlMode	mode;
+	unsigned char hash[FLWL_HASH_LEN];
+	Snapshot	snapshot;
+	VerifyRels	r;
+	Relation	rels[2];
+	TupleTableSlot *slot;
+	VerifyCode	code;
+	Datum		key_id = (Datum) 0;
+	Datum		org_id = (Datum) 0;
+	Datum		scopes = (Datum) 0;
+	bool		scopes_null = true;
+	Datum		d;
+	bool		isnull;
+	TimestampTz now;
+
+	if (PG_ARGISNULL(0))
+		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
+
+	/* Anything longer than a token is malformed: do not even detoast it. */
+	if (toast_raw_datum_size(PG_GETARG_DATUM(0)) != VARHDRSZ + FLWL_TOKEN_LEN)
+		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
+
+	token = PG_GETARG_TEXT_PP(0);
+	tok = VARDATA_ANY(token);
+	len = VARSIZE_ANY_EXHDR(token);
+	mode = flwl_token_parse(tok, len);
+	if (mode == FLWL_MODE_INVALID)
+		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
+
+	flwl_token_hash(tok, len, hash);
+
+	/* see plan changes committed since the last call, even mid-transaction */
+	AcceptInvalidationMessages();
+
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	r = vrels_open(false, rels);
+	slot = table_slot_create(rels[0], NULL);
+
+	if (!probe_unique(rels[0], rels[1], F_TEXTEQ, C_COLLATION_OID,
+					  PointerGetDatum(cstring_to_text_with_len(tok, FLWL_PREFIX_LEN)),
+					  snapshot, slot))
+		code = VC_NOT_FOUND;
+	else
+	{
+		bytea	   *stored;
+
+		d = slot_getattr(slot, r.k_secret_hash, &isnull);
+		stored = isnull ? NULL : DatumGetByteaPP(d);
+		if (stored == NULL || VARSIZE_ANY_EXHDR(stored) != FLWL_HASH_LEN ||
+			sodium_memcmp(VARDATA_ANY(stored), hash, FLWL_HASH_LEN) != 0)
+			code = VC_NOT_FOUND;
+		else
+		{
+			key_id = datumCopy(slot_getattr(slot, r.k_key_id, &isnull), false, UUID_LEN);
+			org_id = datumCopy(slot_getattr(slot, r.k_org_id, &isnull), false, UUID_LEN);
+
+			now = GetCurrentTimestamp();
+			slot_getattr(slot, r.k_revoked_at, &isnull);
+			if (!isnull)
+				code = VC_REVOKED;
+			else
+			{
+				d = slot_getattr(slot, r.k_expires_at, &isnull);
+				if (!isnull && DatumGetTimestampTz(d) <= now)
+					code = VC_EXPIRED;
+				else
+					code = VC_VALID;
+			}
+
+			if (code == VC_VALID)
+			{
+				Datum		key_scopes;
+				bool		key_scopes_null;
+				FlwlScopeSet effective;
+
+				/* read while the slot still pins its page */
+				key_scopes = slot_getattr(slot, r.k_scopes, &key_scopes_null);
+				effective = flwl_effective_scopes(key_scopes, key_scopes_null,
+												  plan_scopes_of_org(org_id, snapshot));
+				scopes = effective.array;
+				scopes_null = false;
+
+				if (!PG_ARGISNULL(1) &&
+					!flwl_scope_set_has(&effective,
+										PointerGetDatum(PG_GETARG_TEXT_PP(1))))
+					code = VC_INSUFFICIENT_SCOPE;
+				else
+					flwl_usage_record(DatumGetUUIDP(key_id), now);
+			}
+		}
+	}
+
+	ExecDropSingleTupleTableSlot(slot);
+	relation_close(rels[1], AccessShareLock);
+	relation_close(rels[0], AccessShareLock);
+	UnregisterSnapshot(snapshot);
+	sodium_memzero(hash, sizeof(hash));
+
+	/* a detoasted copy of the token is ours to wipe */
+	if ((Pointer) token != DatumGetPointer(PG_GETARG_DATUM(0)))
+		sodium_memzero(token, VARSIZE_ANY(token));
+
+	return verification_result(fcinfo, code, key_id, org_id, scopes,
+							   scopes_null, mode);
+}
