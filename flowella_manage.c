@@ -61,6 +61,25 @@
 /* How many offending names an error message lists before "and N more". */
 #define MESSAGE_MAX_NAMES		10
 
+/*
+ * What create_key needs to mint a key: the row it inserts, but for the
+ * token, its prefix and hash, and the creator (the actor).
+ */
+typedef struct KeySpec
+{
+	Datum		org_id;
+	Datum		label;
+	Datum		scopes;			/* the checked set to store ... */
+	bool		scopes_null;	/* ... or NULL: the plan's scopes */
+	FlwlMode	mode;
+	Datum		expires_at;
+	bool		expires_null;	/* never expires */
+	Datum		replaces;		/* the key it replaces ... */
+	bool		replaces_null;	/* ... or none */
+	TimestampTz now;			/* its created_at */
+	int64		active;			/* the org's active keys before it */
+} KeySpec;
+
 /*---- Saved queries ----*/
 
 /* $1 org, $2 actor: the org's plan, if the actor is its owner or admin */
@@ -289,16 +308,17 @@ result_value(int n, bool *isnull)
 	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, n, isnull);
 }
 
+#if PG_VERSION_NUM < 150000
 /*
- * Set up a materialized result set for an SRF returning a table; returns
- * the tuplestore, and the descriptor through *tupdesc.
+ * InitMaterializedSRF(fcinfo, 0) of PostgreSQL 15 for 13 and 14: a
+ * materialized result set in per-query memory (not tested here).
  */
-static Tuplestorestate *
-materialized_result(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
+static void
+InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	MemoryContext oldcxt;
-	Tuplestorestate *store;
+	TupleDesc	tupdesc;
 
 	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
 		!(rsinfo->allowedModes & SFRM_Materialize))
@@ -307,16 +327,14 @@ materialized_result(FunctionCallInfo fcinfo, TupleDesc *tupdesc)
 				 errmsg("set-valued function called in context that cannot accept a set")));
 
 	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	if (get_call_result_type(fcinfo, NULL, tupdesc) != TYPEFUNC_COMPOSITE)
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
-	*tupdesc = CreateTupleDescCopy(*tupdesc);
-	store = tuplestore_begin_heap(false, false, work_mem);
 	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = store;
-	rsinfo->setDesc = *tupdesc;
+	rsinfo->setResult = tuplestore_begin_heap(false, false, work_mem);
+	rsinfo->setDesc = CreateTupleDescCopy(tupdesc);
 	MemoryContextSwitchTo(oldcxt);
-	return store;
 }
+#endif
 
 /*---- Validation ----*/
 
@@ -524,15 +542,12 @@ require_key_access(FunctionCallInfo fcinfo, int argno)
 /*---- Key creation ----*/
 
 /*
- * Mint a key and add it to the result store.  scopes is the set to store
- * (already checked) or NULL; expires_at NULL means never.  Caller is
- * connected to SPI.
+ * Mint a key described by spec and add it to the SRF's materialized result
+ * (rsinfo->setResult, set up by InitMaterializedSRF).  Caller is connected
+ * to SPI.
  */
 static void
-create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
-		   Datum label, Datum scopes, bool scopes_null, FlwlMode mode,
-		   Datum expires_at, bool expires_null, Datum replaces,
-		   bool replaces_null, TimestampTz now, int64 active)
+create_key(ReturnSetInfo *rsinfo, const KeySpec *spec)
 {
 	char		token[FLWL_TOKEN_LEN];
 	unsigned char hash[FLWL_HASH_LEN];
@@ -546,25 +561,25 @@ create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 	{
 		for (int attempt = 0; attempt < 5 && key_id == (Datum) 0; attempt++)
 		{
-			flwl_token_generate(mode, token);
+			flwl_token_generate(spec->mode, token);
 			flwl_token_hash(token, FLWL_TOKEN_LEN, hash);
 			SET_VARSIZE(hash_datum, VARHDRSZ + FLWL_HASH_LEN);
 			memcpy(VARDATA(hash_datum), hash, FLWL_HASH_LEN);
 
 			memset(nulls, ' ', sizeof(nulls));
-			args[0] = org_id;
-			args[1] = label;
+			args[0] = spec->org_id;
+			args[1] = spec->label;
 			args[2] = PointerGetDatum(cstring_to_text_with_len(token, FLWL_PREFIX_LEN));
 			args[3] = PointerGetDatum(hash_datum);
-			args[4] = scopes;
-			nulls[4] = scopes_null ? 'n' : ' ';
-			args[5] = CStringGetTextDatum(flwl_mode_name(mode));
-			args[6] = TimestampTzGetDatum(now);
+			args[4] = spec->scopes;
+			nulls[4] = spec->scopes_null ? 'n' : ' ';
+			args[5] = CStringGetTextDatum(flwl_mode_name(spec->mode));
+			args[6] = TimestampTzGetDatum(spec->now);
 			args[7] = UUIDPGetDatum(unconstify(pg_uuid_t *, flwl_require_actor()));
-			args[8] = expires_at;
-			nulls[8] = expires_null ? 'n' : ' ';
-			args[9] = replaces;
-			nulls[9] = replaces_null ? 'n' : ' ';
+			args[8] = spec->expires_at;
+			nulls[8] = spec->expires_null ? 'n' : ' ';
+			args[9] = spec->replaces;
+			nulls[9] = spec->replaces_null ? 'n' : ' ';
 
 			if (flwl_query_exec(&q_insert_key, args, nulls, false, 0) == SPI_OK_INSERT_RETURNING &&
 				SPI_processed == 1)
@@ -581,7 +596,8 @@ create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 			values[0] = key_id;
 			values[1] = PointerGetDatum(token_text);
 			values[2] = PointerGetDatum(cstring_to_text_with_len(token, FLWL_PREFIX_LEN));
-			tuplestore_putvalues(store, tupdesc, values, rnulls);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values,
+								 rnulls);
 			sodium_memzero(token_text, VARSIZE(token_text));
 		}
 	}
@@ -593,7 +609,7 @@ create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 	PG_END_TRY();
 
 	/* once, for the person who makes the 51st, not for every create after */
-	if (active == KEYS_NOTICE_THRESHOLD)
+	if (spec->active == KEYS_NOTICE_THRESHOLD)
 		ereport(NOTICE,
 				(errmsg("organisation now has %d active API keys", KEYS_NOTICE_THRESHOLD + 1),
 				 errdetail("It is given when a new key takes an organisation past %d active keys, not for each key after.",
@@ -608,31 +624,32 @@ create_key(Tuplestorestate *store, TupleDesc tupdesc, Datum org_id,
 static Datum
 apikey_create_body(PG_FUNCTION_ARGS)
 {
-	TupleDesc	tupdesc;
-	Tuplestorestate *store = materialized_result(fcinfo, &tupdesc);
-	TimestampTz now = GetCurrentTimestamp();
-	FlwlMode	mode;
-	Datum		scopes = (Datum) 0;
+	KeySpec		spec = {0};
 	char	   *plan;
 	bool		isnull;
-	int64		active;
 
+	spec.now = GetCurrentTimestamp();
+	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
 	require_org_access(fcinfo, 0, true);
-	active = DatumGetInt64(result_value(3, &isnull));
+	spec.active = DatumGetInt64(result_value(3, &isnull));
 
 	check_label(fcinfo, 1, "label");
-	mode = check_mode(fcinfo, 3);
-	check_expiry(fcinfo, 4, now);
+	spec.mode = check_mode(fcinfo, 3);
+	check_expiry(fcinfo, 4, spec.now);
 
 	plan = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	if (!PG_ARGISNULL(2))
-		scopes = check_key_scopes(PG_GETARG_ARRAYTYPE_P(2),
-								  result_value(2, &isnull), plan);
+	spec.scopes_null = PG_ARGISNULL(2);
+	if (!spec.scopes_null)
+		spec.scopes = check_key_scopes(PG_GETARG_ARRAYTYPE_P(2),
+									   result_value(2, &isnull), plan);
 
-	create_key(store, tupdesc, PG_GETARG_DATUM(0), PG_GETARG_DATUM(1),
-			   scopes, PG_ARGISNULL(2), mode, PG_GETARG_DATUM(4), PG_ARGISNULL(4),
-			   (Datum) 0, true, now, active);
+	spec.org_id = PG_GETARG_DATUM(0);
+	spec.label = PG_GETARG_DATUM(1);
+	spec.expires_at = PG_GETARG_DATUM(4);
+	spec.expires_null = PG_ARGISNULL(4);
+	spec.replaces_null = true;
+	create_key((ReturnSetInfo *) fcinfo->resultinfo, &spec);
 
 	SPI_finish();
 	return (Datum) 0;
@@ -655,44 +672,41 @@ flowella_apikey_create(PG_FUNCTION_ARGS)
 static Datum
 apikey_replace_body(PG_FUNCTION_ARGS)
 {
-	TupleDesc	tupdesc;
-	Tuplestorestate *store = materialized_result(fcinfo, &tupdesc);
-	TimestampTz now = GetCurrentTimestamp();
-	Datum		org_id,
-				label,
-				scopes,
-				mode,
-				expires_at;
-	bool		scopes_null,
-				expires_null,
-				isnull;
+	KeySpec		spec = {0};
+	bool		isnull;
 	text	   *mode_text;
 
+	spec.now = GetCurrentTimestamp();
+	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
 	require_key_access(fcinfo, 0);
 
-	org_id = result_value(1, &isnull);
-	scopes = result_value(3, &scopes_null);
-	label = result_value(4, &isnull);
-	mode = result_value(5, &isnull);
-	expires_at = result_value(6, &expires_null);
-	if (!expires_null)
+	spec.org_id = result_value(1, &isnull);
+	spec.scopes = result_value(3, &spec.scopes_null);
+	spec.label = result_value(4, &isnull);
+	mode_text = DatumGetTextPP(result_value(5, &isnull));
+	spec.mode = flwl_mode_from_name(VARDATA_ANY(mode_text),
+									VARSIZE_ANY_EXHDR(mode_text));
+	spec.expires_at = result_value(6, &spec.expires_null);
+	if (!spec.expires_null)
 	{
-		TimestampTz old_expiry = DatumGetTimestampTz(expires_at);
+		TimestampTz old_expiry = DatumGetTimestampTz(spec.expires_at);
 		TimestampTz old_created = DatumGetTimestampTz(result_value(9, &isnull));
 
 		/* an infinite expiry stays infinite; a finite one keeps its length */
 		if (!TIMESTAMP_NOT_FINITE(old_expiry))
-			expires_at = TimestampTzGetDatum(now + (old_expiry - old_created));
+			spec.expires_at = TimestampTzGetDatum(spec.now +
+												  (old_expiry - old_created));
 	}
+	spec.replaces = PG_GETARG_DATUM(0);
 
 	/* a plan downgrade may have taken some of the old key's scopes away */
-	if (!scopes_null)
+	if (!spec.scopes_null)
 	{
 		FlwlScopeSet offered = flwl_scope_set(result_value(8, &isnull));
-		FlwlScopeSet kept = flwl_effective_scopes(scopes, false, &offered);
+		FlwlScopeSet kept = flwl_effective_scopes(spec.scopes, false, &offered);
 
-		scopes = kept.array;
+		spec.scopes = kept.array;
 		if (kept.n == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -701,12 +715,9 @@ apikey_replace_body(PG_FUNCTION_ARGS)
 							   SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7))));
 	}
 
-	mode_text = DatumGetTextPP(mode);
-	flwl_query_exec(&q_count_active, &org_id, NULL, true, 1);
-	create_key(store, tupdesc, org_id, label, scopes, scopes_null,
-			   flwl_mode_from_name(VARDATA_ANY(mode_text), VARSIZE_ANY_EXHDR(mode_text)),
-			   expires_at, expires_null, PG_GETARG_DATUM(0), false, now,
-			   DatumGetInt64(result_value(1, &isnull)));
+	flwl_query_exec(&q_count_active, &spec.org_id, NULL, true, 1);
+	spec.active = DatumGetInt64(result_value(1, &isnull));
+	create_key((ReturnSetInfo *) fcinfo->resultinfo, &spec);
 
 	SPI_finish();
 	return (Datum) 0;
@@ -810,10 +821,10 @@ flowella_apikey_set_scopes(PG_FUNCTION_ARGS)
 static Datum
 apikey_list_body(PG_FUNCTION_ARGS)
 {
-	TupleDesc	tupdesc;
-	Tuplestorestate *store = materialized_result(fcinfo, &tupdesc);
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Datum		args[2];
 
+	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
 	require_org_access(fcinfo, 0, false);
 
@@ -821,7 +832,7 @@ apikey_list_body(PG_FUNCTION_ARGS)
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
 	flwl_query_exec(&q_list, args, NULL, true, 0);
 	for (uint64 i = 0; i < SPI_processed; i++)
-		tuplestore_puttuple(store, SPI_tuptable->vals[i]);
+		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
 
 	SPI_finish();
 	return (Datum) 0;
