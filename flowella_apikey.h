@@ -11,6 +11,8 @@
 
 #include "fmgr.h"
 #include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/array.h"
 #include "utils/inet.h"
 #include "datatype/timestamp.h"
 #include "utils/uuid.h"
@@ -69,6 +71,19 @@ extern int	flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls,
 
 /* A copy of s fit to quote in a message: token-shaped runs redacted. */
 extern char *flwl_quotable(const char *s, size_t len);
+
+/* Lists of quoted names in messages: the first ten, then "and N more". */
+#define FLWL_MESSAGE_MAX_NAMES	10
+
+extern void flwl_append_name(StringInfo buf, int *listed, text *name);
+extern void flwl_finish_name_list(StringInfo buf, int listed);
+
+/* What is wrong with a scope list, or NULL (see flowella_scopes.c). */
+#define FLWL_SCOPES_NOT_EMPTY	0x01	/* an empty list is wrong */
+#define FLWL_SCOPES_NAMES		0x02	/* so is a malformed name */
+
+extern const char *flwl_scope_array_problem(ArrayType *arr, int flags,
+											Datum **elems, int *n);
 
 /* A text[] of scope names with its elements sorted, see flwl_scope_set. */
 typedef struct FlwlScopeSet

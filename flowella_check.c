@@ -29,7 +29,6 @@ PG_FUNCTION_INFO_V1(flowella_label_ok);
 PG_FUNCTION_INFO_V1(flowella_scope_set_ok);
 PG_FUNCTION_INFO_V1(flowella_api_key_row_ok);
 
-static bool scope_set_valid(ArrayType *arr);
 static const char *api_key_row_problem(FunctionCallInfo fcinfo,
 									   const char **field);
 
@@ -70,35 +69,19 @@ flowella_label_ok(PG_FUNCTION_ARGS)
 
 /*---- Scope sets ----*/
 
-/* Whether a stored scope set is one-dimensional, without NULLs, all valid. */
-static bool
-scope_set_valid(ArrayType *arr)
-{
-	Datum	   *elems;
-	bool	   *nulls;
-	int			n;
-
-	if (ARR_NDIM(arr) > 1)
-		return false;
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
-	for (int i = 0; i < n; i++)
-	{
-		text	   *e;
-
-		if (nulls[i])
-			return false;
-		e = DatumGetTextPP(elems[i]);
-		if (flwl_scope_name_problem(VARDATA_ANY(e), VARSIZE_ANY_EXHDR(e)) != NULL)
-			return false;
-	}
-	return true;
-}
-
-/* scope_set_ok(text[]): the CHECK of plans' scope sets. */
+/*
+ * scope_set_ok(text[]): the CHECK of plans' scope sets: one-dimensional,
+ * no NULLs, every name well formed; empty is allowed.
+ */
 Datum
 flowella_scope_set_ok(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(scope_set_valid(PG_GETARG_ARRAYTYPE_P(0)));
+	Datum	   *elems;
+	int			n;
+
+	PG_RETURN_BOOL(flwl_scope_array_problem(PG_GETARG_ARRAYTYPE_P(0),
+											FLWL_SCOPES_NAMES,
+											&elems, &n) == NULL);
 }
 
 /*---- Key rows ----*/
@@ -150,10 +133,12 @@ api_key_row_problem(FunctionCallInfo fcinfo, const char **field)
 	*field = "scopes";
 	if (!PG_ARGISNULL(4))
 	{
-		ArrayType  *scopes = PG_GETARG_ARRAYTYPE_P(4);
+		Datum	   *elems;
+		int			n;
 
-		if (ArrayGetNItems(ARR_NDIM(scopes), ARR_DIMS(scopes)) == 0 ||
-			!scope_set_valid(scopes))
+		if (flwl_scope_array_problem(PG_GETARG_ARRAYTYPE_P(4),
+									 FLWL_SCOPES_NOT_EMPTY | FLWL_SCOPES_NAMES,
+									 &elems, &n) != NULL)
 			return "Scopes are NULL (the plan's) or a non-empty one-dimensional array of valid scope names.";
 	}
 

@@ -58,9 +58,6 @@
 #define KEYS_NOTICE_THRESHOLD	50
 #define KEYS_COUNT_LIMIT		51	/* KEYS_NOTICE_THRESHOLD + 1 */
 
-/* How many offending names an error message lists before "and N more". */
-#define MESSAGE_MAX_NAMES		10
-
 /*
  * What create_key needs to mint a key: the row it inserts, but for the
  * token, its prefix and hash, and the creator (the actor).
@@ -389,31 +386,25 @@ check_mode(FunctionCallInfo fcinfo, int argno)
 }
 
 /*
- * Deconstruct a scope array argument: one-dimensional, no NULLs, and sorted
- * and deduplicated (byte order) so stored sets compare equal.  An empty
- * array is refused unless allow_empty.
+ * A scope list argument, checked by flwl_scope_array_problem with flags,
+ * then sorted and deduplicated in byte order so that stored sets compare
+ * equal.  22023 names what is wrong.
  */
 static Datum *
-scope_elements(ArrayType *arr, bool allow_empty, int *count)
+scope_elements(ArrayType *arr, int flags, int *count)
 {
 	Datum	   *elems;
-	bool	   *nulls;
 	int			n;
 	int			kept = 0;
+	const char *problem = flwl_scope_array_problem(arr, flags, &elems, &n);
 
-	if (ARR_NDIM(arr) == 0 && !allow_empty)
+	if (problem != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid scopes"),
-				 errdetail("The scope list is empty."),
-				 errhint("Pass NULL to give the key all of its plan's scopes.")));
-	if (ARR_NDIM(arr) > 1)
-		invalid_argument("scopes", "The scope list must be one-dimensional.");
-
-	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
-	for (int i = 0; i < n; i++)
-		if (nulls[i])
-			invalid_argument("scopes", "Scope names must not be null.");
+				 errdetail("%s", problem),
+				 ARR_NDIM(arr) == 0 ?
+				 errhint("Pass NULL to give the key all of its plan's scopes.") : 0));
 
 	if (n > 1)
 		qsort(elems, n, sizeof(Datum), flwl_text_datum_cmp);
@@ -432,23 +423,6 @@ scope_array(Datum *elems, int n)
 										   TYPALIGN_INT));
 }
 
-/* Append a quoted name to a list being built for a message. */
-static void
-append_name(StringInfo buf, int *listed, text *name)
-{
-	if (*listed < MESSAGE_MAX_NAMES)
-		appendStringInfo(buf, "%s\"%s\"", *listed > 0 ? ", " : "",
-						 flwl_quotable(VARDATA_ANY(name), VARSIZE_ANY_EXHDR(name)));
-	(*listed)++;
-}
-
-static void
-finish_name_list(StringInfo buf, int listed)
-{
-	if (listed > MESSAGE_MAX_NAMES)
-		appendStringInfo(buf, " and %d more", listed - MESSAGE_MAX_NAMES);
-}
-
 /*
  * A key's requested scopes, checked against its plan.  Returns the sorted
  * set to store.
@@ -457,7 +431,7 @@ static Datum
 check_key_scopes(ArrayType *arr, Datum plan_scopes, const char *plan)
 {
 	int			n;
-	Datum	   *elems = scope_elements(arr, false, &n);
+	Datum	   *elems = scope_elements(arr, FLWL_SCOPES_NOT_EMPTY, &n);
 	FlwlScopeSet offered = flwl_scope_set(plan_scopes);
 	StringInfoData missing;
 	int			listed = 0;
@@ -465,11 +439,11 @@ check_key_scopes(ArrayType *arr, Datum plan_scopes, const char *plan)
 	initStringInfo(&missing);
 	for (int i = 0; i < n; i++)
 		if (!flwl_scope_set_has(&offered, elems[i]))
-			append_name(&missing, &listed, DatumGetTextPP(elems[i]));
+			flwl_append_name(&missing, &listed, DatumGetTextPP(elems[i]));
 
 	if (listed > 0)
 	{
-		finish_name_list(&missing, listed);
+		flwl_finish_name_list(&missing, listed);
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid scopes"),
@@ -1033,9 +1007,6 @@ plan_set_body(PG_FUNCTION_ARGS)
 	Datum	   *elems;
 	int			n;
 	Datum		args[3];
-	StringInfoData bad;
-	int			listed = 0;
-	const char *problem = NULL;
 
 	require_arg(fcinfo, 0, "plan");
 	require_arg(fcinfo, 1, "scopes");
@@ -1048,27 +1019,7 @@ plan_set_body(PG_FUNCTION_ARGS)
 		VARSIZE_ANY_EXHDR(plan))
 		invalid_argument("plan", "A plan name has 1 to 63 characters: lower-case letters, digits, \"_\" and \"-\", starting with a letter.");
 
-	elems = scope_elements(PG_GETARG_ARRAYTYPE_P(1), true, &n);
-	initStringInfo(&bad);
-	for (int i = 0; i < n; i++)
-	{
-		text	   *s = DatumGetTextPP(elems[i]);
-		const char *p = flwl_scope_name_problem(VARDATA_ANY(s), VARSIZE_ANY_EXHDR(s));
-
-		if (p != NULL)
-		{
-			problem = problem ? problem : p;
-			append_name(&bad, &listed, s);
-		}
-	}
-	if (listed > 0)
-	{
-		finish_name_list(&bad, listed);
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid scopes"),
-				 errdetail("Invalid scope names: %s. %s", bad.data, problem)));
-	}
+	elems = scope_elements(PG_GETARG_ARRAYTYPE_P(1), FLWL_SCOPES_NAMES, &n);
 
 	SPI_connect();
 	args[0] = PG_GETARG_DATUM(0);
