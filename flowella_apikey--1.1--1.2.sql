@@ -8,7 +8,10 @@
  *	- the audit triggers fire always, also under
  *	  session_replication_role = replica, like the guard triggers: a
  *	  committed change always has its record (restores are still told
- *	  apart by the triggers themselves, not by the replication role).
+ *	  apart by the triggers themselves, not by the replication role);
+ *	- the CHECKs of plan names and members' roles call the library, like
+ *	  the other CHECKs, so that each rule is written once, in C, for the
+ *	  API and the table alike.  Both accept exactly what they did.
  *
  * The same rules as the install script hold: every name schema-qualified,
  * no privilege for PUBLIC.
@@ -28,3 +31,28 @@ ALTER TABLE flowella.members ENABLE ALWAYS TRIGGER members_audit;
 -- apikey_create reads at most 51 entries of it per probe (flowella_manage.c)
 CREATE INDEX api_keys_active_idx ON flowella.api_keys (org_id, expires_at)
 	WHERE revoked_at IS NULL;
+
+/*---- Plan names and roles: the library's rule ----*/
+
+-- 1 to 63 characters: lower-case letters, digits, "_" and "-", starting
+-- with a letter (flwl_plan_name_problem).
+CREATE FUNCTION flowella.plan_name_ok(plan text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'flowella_plan_name_ok'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+-- owner, admin, user or read_only (flwl_role_names).
+CREATE FUNCTION flowella.role_ok(role text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'flowella_role_ok'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+REVOKE ALL ON FUNCTION flowella.plan_name_ok(text), flowella.role_ok(text)
+	FROM PUBLIC;
+
+ALTER TABLE flowella.plans
+	DROP CONSTRAINT plans_plan_check,
+	ADD CONSTRAINT plans_plan_check CHECK (flowella.plan_name_ok(plan));
+ALTER TABLE flowella.members
+	DROP CONSTRAINT members_role_check,
+	ADD CONSTRAINT members_role_check CHECK (flowella.role_ok(role));

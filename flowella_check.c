@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * flowella_check.c
- *		The CHECK constraints of the tables, in C: label_ok, scope_set_ok and
- *		api_key_row_ok.
+ *		The CHECK constraints of the tables, in C: label_ok, scope_set_ok,
+ *		plan_name_ok, role_ok and api_key_row_ok.
  *
  * They apply the same validators as the API functions apply to their
  * arguments, so a direct write by the table owner or a restore cannot
@@ -27,6 +27,8 @@
 
 PG_FUNCTION_INFO_V1(flowella_label_ok);
 PG_FUNCTION_INFO_V1(flowella_scope_set_ok);
+PG_FUNCTION_INFO_V1(flowella_plan_name_ok);
+PG_FUNCTION_INFO_V1(flowella_role_ok);
 PG_FUNCTION_INFO_V1(flowella_api_key_row_ok);
 
 static const char *api_key_row_problem(FunctionCallInfo fcinfo,
@@ -82,6 +84,27 @@ flowella_scope_set_ok(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(flwl_scope_array_problem(PG_GETARG_ARRAYTYPE_P(0),
 											FLWL_SCOPES_NAMES,
 											&elems, &n) == NULL);
+}
+
+/*---- Plans and members ----*/
+
+/* plan_name_ok(text): the CHECK of plan names (version 1.2 on). */
+Datum
+flowella_plan_name_ok(PG_FUNCTION_ARGS)
+{
+	text	   *t = PG_GETARG_TEXT_PP(0);
+
+	PG_RETURN_BOOL(flwl_plan_name_problem(VARDATA_ANY(t),
+										  VARSIZE_ANY_EXHDR(t)) == NULL);
+}
+
+/* role_ok(text): the CHECK of members' roles (version 1.2 on). */
+Datum
+flowella_role_ok(PG_FUNCTION_ARGS)
+{
+	text	   *t = PG_GETARG_TEXT_PP(0);
+
+	PG_RETURN_BOOL(flwl_role_known(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)));
 }
 
 /*---- Key rows ----*/

@@ -86,7 +86,7 @@ typedef struct KeySpec
 	"  JOIN flowella.plans p ON p.plan OPERATOR(pg_catalog.=) o.plan" \
 	" WHERE m.org_id OPERATOR(pg_catalog.=) $1" \
 	"   AND m.user_id OPERATOR(pg_catalog.=) $2" \
-	"   AND m.role OPERATOR(pg_catalog.=) ANY (ARRAY['owner', 'admin'])"
+	"   AND m.role OPERATOR(pg_catalog.=) ANY (" FLWL_KEY_MANAGER_ROLES_SQL ")"
 
 /*
  * The org's active keys, counted up to KEYS_COUNT_LIMIT: all a create needs
@@ -135,7 +135,7 @@ static FlwlQuery q_key_access = {
 	"  FROM flowella.api_keys k"
 	"  JOIN flowella.members m ON m.org_id OPERATOR(pg_catalog.=) k.org_id"
 	"   AND m.user_id OPERATOR(pg_catalog.=) $2"
-	"   AND m.role OPERATOR(pg_catalog.=) ANY (ARRAY['owner', 'admin'])"
+	"   AND m.role OPERATOR(pg_catalog.=) ANY (" FLWL_KEY_MANAGER_ROLES_SQL ")"
 	"  JOIN flowella.orgs o ON o.org_id OPERATOR(pg_catalog.=) k.org_id"
 	"  JOIN flowella.plans p ON p.plan OPERATOR(pg_catalog.=) o.plan"
 	" WHERE k.key_id OPERATOR(pg_catalog.=) $1"
@@ -221,7 +221,7 @@ static FlwlQuery q_member_role = {
 	"       (SELECT pg_catalog.count(*) FROM"
 	"         (SELECT FROM flowella.members o"
 	"           WHERE o.org_id OPERATOR(pg_catalog.=) $1"
-	"             AND o.role OPERATOR(pg_catalog.=) 'owner'"
+	"             AND o.role OPERATOR(pg_catalog.=) '" FLWL_ROLE_OWNER "'"
 	"             FOR UPDATE) owners)"
 	"  FROM flowella.members"
 	" WHERE org_id OPERATOR(pg_catalog.=) $1 AND user_id OPERATOR(pg_catalog.=) $2",
@@ -849,24 +849,30 @@ lock_org(Datum org_id)
 				 errmsg("organisation not found")));
 }
 
-static const char *const member_roles[] = {"owner", "admin", "user", "read_only"};
-
+/* 22023 unless the role argument names a role (flwl_role_names). */
 static void
 check_role(FunctionCallInfo fcinfo, int argno)
 {
 	text	   *t;
+	StringInfoData roles;
 
 	require_arg(fcinfo, argno, "role");
 	t = PG_GETARG_TEXT_PP(argno);
-	for (size_t i = 0; i < lengthof(member_roles); i++)
-		if (strlen(member_roles[i]) == VARSIZE_ANY_EXHDR(t) &&
-			memcmp(member_roles[i], VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)) == 0)
-			return;
+	if (flwl_role_known(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))
+		return;
+
+	/* "owner, admin, user or read_only" */
+	initStringInfo(&roles);
+	for (size_t i = 0; i < flwl_role_count; i++)
+		appendStringInfo(&roles, "%s%s",
+						 i == 0 ? "" : (i + 1 < flwl_role_count ? ", " : " or "),
+						 flwl_role_names[i]);
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid role"),
-			 errdetail("Role \"%s\" is unknown; a member's role is owner, admin, user or read_only.",
-					   flwl_quotable(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))));
+			 errdetail("Role \"%s\" is unknown; a member's role is %s.",
+					   flwl_quotable(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)),
+					   roles.data)));
 }
 
 /*
@@ -880,8 +886,8 @@ protect_last_owner(const char *new_role)
 	char	   *role = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	bool		isnull;
 
-	if (strcmp(role, "owner") == 0 &&
-		(new_role == NULL || strcmp(new_role, "owner") != 0) &&
+	if (strcmp(role, FLWL_ROLE_OWNER) == 0 &&
+		(new_role == NULL || strcmp(new_role, FLWL_ROLE_OWNER) != 0) &&
 		DatumGetInt64(result_value(2, &isnull)) <= 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -918,7 +924,7 @@ org_create_body(PG_FUNCTION_ARGS)
 
 	args[0] = org_id;
 	args[1] = PG_GETARG_DATUM(2);
-	args[2] = CStringGetTextDatum("owner");
+	args[2] = CStringGetTextDatum(FLWL_ROLE_OWNER);
 	flwl_query_exec(&q_member_upsert, args, NULL, false, 0);
 
 	SPI_finish();
@@ -1004,6 +1010,7 @@ static Datum
 plan_set_body(PG_FUNCTION_ARGS)
 {
 	text	   *plan;
+	const char *problem;
 	Datum	   *elems;
 	int			n;
 	Datum		args[3];
@@ -1013,11 +1020,9 @@ plan_set_body(PG_FUNCTION_ARGS)
 	require_arg(fcinfo, 2, "audit_log");
 
 	plan = PG_GETARG_TEXT_PP(0);
-	if (VARSIZE_ANY_EXHDR(plan) == 0 || VARSIZE_ANY_EXHDR(plan) > 63 ||
-		!(VARDATA_ANY(plan)[0] >= 'a' && VARDATA_ANY(plan)[0] <= 'z') ||
-		strspn(text_to_cstring(plan), "abcdefghijklmnopqrstuvwxyz0123456789_-") !=
-		VARSIZE_ANY_EXHDR(plan))
-		invalid_argument("plan", "A plan name has 1 to 63 characters: lower-case letters, digits, \"_\" and \"-\", starting with a letter.");
+	problem = flwl_plan_name_problem(VARDATA_ANY(plan), VARSIZE_ANY_EXHDR(plan));
+	if (problem != NULL)
+		invalid_argument("plan", problem);
 
 	elems = scope_elements(PG_GETARG_ARRAYTYPE_P(1), FLWL_SCOPES_NAMES, &n);
 

@@ -380,6 +380,40 @@ flwl_scope_name_problem(const char *s, size_t len)
 }
 
 /*
+ * A plan name: 1 to 63 characters, lower-case ASCII letters, digits, "_"
+ * and "-", starting with a letter (what plans.plan_check held as the regex
+ * ^[a-z][a-z0-9_-]{0,62}$ before 1.2).
+ */
+const char *
+flwl_plan_name_problem(const char *s, size_t len)
+{
+	bool		ok = len >= 1 && len <= 63 && s[0] >= 'a' && s[0] <= 'z';
+
+	for (size_t i = 1; ok && i < len; i++)
+	{
+		char		c = s[i];
+
+		ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+			c == '_' || c == '-';
+	}
+	return ok ? NULL :
+		"A plan name has 1 to 63 characters: lower-case letters, digits, \"_\" and \"-\", starting with a letter.";
+}
+
+const char *const flwl_role_names[] = FLWL_ROLE_NAMES;
+const size_t flwl_role_count = sizeof(flwl_role_names) / sizeof(flwl_role_names[0]);
+
+bool
+flwl_role_known(const char *s, size_t len)
+{
+	for (size_t i = 0; i < flwl_role_count; i++)
+		if (strlen(flwl_role_names[i]) == len &&
+			memcmp(flwl_role_names[i], s, len) == 0)
+			return true;
+	return false;
+}
+
+/*
  * Length of the token-shaped run at s (len bytes available): "flwl_" and the
  * [0-9A-Za-z_] characters after it; 0 when s does not start one.
  */

@@ -85,5 +85,23 @@ extern size_t flwl_redact(const char *in, size_t len, char *out);
 extern const char *flwl_label_problem(const char *s, size_t len);
 extern const char *flwl_traceparent_problem(const char *s, size_t len);
 extern const char *flwl_scope_name_problem(const char *s, size_t len);
+extern const char *flwl_plan_name_problem(const char *s, size_t len);
+
+/*
+ * A member's role in an organisation.  FLWL_ROLE_NAMES is the one list of
+ * them; owners and admins manage the organisation's keys, which is what
+ * FLWL_KEY_MANAGER_ROLES_SQL says to the queries that check an actor.
+ */
+#define FLWL_ROLE_OWNER			"owner"
+#define FLWL_ROLE_ADMIN			"admin"
+#define FLWL_ROLE_NAMES			{FLWL_ROLE_OWNER, FLWL_ROLE_ADMIN, "user", "read_only"}
+#define FLWL_KEY_MANAGER_ROLES_SQL \
+	"ARRAY['" FLWL_ROLE_OWNER "', '" FLWL_ROLE_ADMIN "']"
+
+extern const char *const flwl_role_names[];
+extern const size_t flwl_role_count;
+
+/* Whether len bytes at s name a role. */
+extern bool flwl_role_known(const char *s, size_t len);
 
 #endif							/* FLOWELLA_TOKEN_H */

@@ -58,6 +58,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	(void) flwl_label_problem(s, size);
 	(void) flwl_traceparent_problem(s, size);
 	(void) flwl_scope_name_problem(s, size);
+	(void) flwl_role_known(s, size);
+
+	/* a plan name that passes is 1-63 of [a-z0-9_-], starting a-z */
+	if (flwl_plan_name_problem(s, size) == NULL)
+	{
+		if (size < 1 || size > 63 || s[0] < 'a' || s[0] > 'z')
+			abort();
+		for (size_t i = 0; i < size; i++)
+			if (memchr("abcdefghijklmnopqrstuvwxyz0123456789_-", s[i], 38) == NULL)
+				abort();
+	}
 
 	out = malloc(FLWL_REDACT_MAX(size) + 1);
 	n = flwl_redact(s, size, out);

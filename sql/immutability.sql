@@ -278,3 +278,25 @@ SELECT flowella.apikey_revoke(:'k_revoked') = :'first_revoked_at' AS same_first_
 SELECT label, scopes, status FROM flowella.apikey_list(:'org') ORDER BY label;
 COMMIT;
 RESET ROLE;
+
+--
+-- Plan names and members' roles: a direct write (here the superuser's)
+-- meets the same rule as plan_set and member_set, one C function each.
+--
+INSERT INTO flowella.plans (plan, scopes) VALUES ('Bad Plan', ARRAY['messages:read']);
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO flowella.plans (plan, scopes) VALUES (repeat('p', 64), ARRAY['messages:read']);
+\echo :LAST_ERROR_SQLSTATE
+BEGIN;
+INSERT INTO flowella.plans (plan, scopes) VALUES ('imm-plan_' || repeat('p', 54), ARRAY['messages:read']);
+SELECT length(plan) AS longest_plan_name FROM flowella.plans WHERE plan LIKE 'imm-plan%';
+ROLLBACK;
+UPDATE flowella.members SET role = 'superadmin' WHERE org_id = :'org';
+\echo :LAST_ERROR_SQLSTATE
+UPDATE flowella.members SET role = 'Owner' WHERE org_id = :'org';
+\echo :LAST_ERROR_SQLSTATE
+SELECT DISTINCT role FROM flowella.members WHERE org_id = :'org' ORDER BY role;
+SELECT conname, pg_get_constraintdef(oid) AS def
+  FROM pg_constraint
+ WHERE conname IN ('plans_plan_check', 'members_role_check')
+ ORDER BY conname;
