@@ -1,8 +1,15 @@
 /*-------------------------------------------------------------------------
  *
  * flowella_apikey.h
- *		What the C files of flowella_apikey share: the request context set
- *		by set_actor and the marker of an API call in progress.
+ *		What the C files of flowella_apikey share, by the file that
+ *		provides it: the request context set by set_actor, the marker of
+ *		an API call in progress and the search_path pin (flowella_apikey.c);
+ *		saved queries (flowella_manage.c); scope sets, the scope-list rule
+ *		and names in messages (flowella_scopes.c); the stored-label check
+ *		(flowella_check.c); each subsystem's set-up, called by _PG_init.
+ *
+ * The token codec and the validators that need no backend are in
+ * flowella_token.h.
  *
  *-------------------------------------------------------------------------
  */

@@ -19,6 +19,10 @@
  * between the check and the change.  Audit records are written by triggers
  * on the tables, in the same transaction.
  *
+ * Arguments are checked with the validators of flowella_token.c and
+ * flowella_scopes.c, the same ones the tables' CHECK constraints call
+ * (flowella_check.c), so the API and a direct write meet one rule.
+ *
  * A new token exists in this file only in a stack buffer, wiped before
  * return, and in the result row handed to the executor.
  *

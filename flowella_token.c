@@ -2,10 +2,12 @@
  *
  * flowella_token.c
  *		Token generation, parsing and hashing, and the validators of
- *		labels, traceparent headers and scope names.
+ *		labels, traceparent headers, scope names, plan names and roles.
  *
- * Plain C and libsodium only, so the fuzzing harness links this file as it
- * is.  Parsing decides MALFORMED from the bytes alone: length, head,
+ * Each validator is the one statement of its rule: the API functions check
+ * their arguments with it and the tables' CHECK constraints call it
+ * (flowella_check.c), so a rule cannot drift between the two.  Plain C and
+ * libsodium only, so the fuzzing harness links this file as it is.  Parsing decides MALFORMED from the bytes alone: length, head,
  * alphabet and CRC-32.  Nothing here allocates memory.
  *
  *-------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * flowella_token.h
- *		Token codec and input validators of flowella_apikey.
+ *		Token codec and input validators of flowella_apikey, and the list
+ *		of members' roles.
  *
  * Nothing here depends on the PostgreSQL backend: the same code is linked
  * into the extension and into the fuzzing harness.  Functions that see a
