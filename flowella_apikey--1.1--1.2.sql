@@ -1,6 +1,10 @@
 /* flowella_apikey--1.1--1.2.sql
  *
- * 1.2 is the security release after 1.1; it changes no data:
+ * 1.2 holds the security and hardening fixes after 1.1.  Most of them are in
+ * the library (pinned search_path for every query it runs outside a
+ * SECURITY DEFINER function, verify's caches, the bounded last-used table,
+ * redaction of client messages, the last-owner race); the schema changes
+ * are these, and none changes data:
  *
  *	- creating a key costs the same in an organisation of 100 000 active
  *	  keys as in an empty one: the count behind the NOTICE on the 51st
