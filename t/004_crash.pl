@@ -9,6 +9,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FlowellaTest;
 use IPC::Run;
+use Cwd qw(abs_path);
+use Time::HiRes qw(usleep);
 
 my $node = preloaded_node('crash', q{
 flowella.usage_flush_interval = 1
@@ -85,8 +87,13 @@ $load->finish;
 $open->{run}->kill_kill;
 
 # The killed postmaster may linger as a zombie where PID 1 does not reap
-# orphans (containers); its children exit on their own.  Once none is left,
-# the stale lock files naming the zombie would block the restart.
+# orphans (containers); its children exit on their own, each when it next
+# notices that the postmaster is gone (a busy one can take a while on a
+# loaded machine).  The restart must wait for all of them: one still
+# attached to the old shared memory makes it fail.  They are the processes
+# whose working directory is the data directory (a zombie has none).  Once
+# none is left, the stale lock files naming the zombie would block the
+# restart.
 sub zombie_or_gone
 {
 	my $stat = "/proc/$pm_pid/stat";
@@ -94,12 +101,16 @@ sub zombie_or_gone
 	return slurp_file($stat) =~ /^\d+ \(.*\) Z /;
 }
 my $datadir = $node->data_dir;
-for (1 .. 100)
+my $datadir_real = abs_path($datadir);
+sub server_processes
 {
-	last if zombie_or_gone() && `pgrep -f -- '$datadir' | wc -l` == 0;
-	sleep(0.1);
+	return grep { (readlink("/proc/$_/cwd") // '') eq $datadir_real }
+	  map { m{^/proc/(\d+)$} ? $1 : () } glob('/proc/[0-9]*');
 }
+my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+usleep(100_000) until (zombie_or_gone() && !server_processes()) || time() > $deadline;
 ok(zombie_or_gone(), 'the postmaster is dead');
+is(join(' ', server_processes()), '', 'and no server process is left');
 if (-e "/proc/$pm_pid")
 {
 	my $sock = $node->host . '/.s.PGSQL.' . $node->port;
