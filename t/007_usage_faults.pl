@@ -65,11 +65,18 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM flowella.api_keys WHERE la
 is($node->safe_psql('postgres', 'SELECT code FROM flowella.apikey_verify(\'' . $token . '\')'),
 	'VALID', 'verify still answers');
 $node->safe_psql('postgres', 'DROP TRIGGER refuse_flush ON flowella.api_keys; DROP FUNCTION refuse_flush()');
+# a use made now: the one above may have been given up already
+$node->safe_psql('postgres', "SELECT flowella.apikey_verify('$token')");
 ok($node->poll_query_until('postgres',
 		'SELECT count(*) = 1 FROM flowella.api_keys WHERE last_used_at IS NOT NULL'),
 	'once the fault is gone, the next use is written');
 
-# Fault 2: uses pending when the extension is dropped.
+# Fault 2: uses pending when the extension is dropped.  Flush rounds are
+# seen in another database, "observer": a use of its key made once the
+# previous one is written is written by a later round.
+$node->safe_psql('postgres', 'CREATE DATABASE observer');
+$node->safe_psql('observer', 'CREATE EXTENSION flowella_apikey');
+my $observer_token = make_key('observer');
 $log_start = -s $node->logfile;
 $node->safe_psql('postgres', qq{
 	BEGIN;
