@@ -27,6 +27,24 @@ BEGIN
 END
 $$;
 
+-- Wait until a flush worker has finished since the call, whatever it
+-- wrote or skipped; false after 3 minutes.
+CREATE FUNCTION regress_wait_for_round() RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+	start bigint := (SELECT flushes FROM flowella.usage_stats());
+	deadline timestamptz := clock_timestamp() + interval '3 minutes';
+BEGIN
+	WHILE clock_timestamp() < deadline LOOP
+		IF (SELECT flushes > start FROM flowella.usage_stats()) THEN
+			RETURN true;
+		END IF;
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+	RETURN false;
+END
+$$;
+
 SET ROLE regress_admin;
 SELECT flowella.org_create('Usage Ltd', 'pro', 'a1000000-0000-4000-8000-000000000001') AS org \gset
 RESET ROLE;
@@ -60,9 +78,13 @@ BEGIN;
 SELECT label FROM flowella.api_keys WHERE key_id = :'hot_id' FOR UPDATE;
 SELECT count(*) FILTER (WHERE (flowella.apikey_verify(:'hot')).valid) AS valid_uses
   FROM generate_series(1, 2000);
--- ...verify wrote no row itself: last_used_at is still empty,
+-- ...verify wrote no row itself: last_used_at is still empty.  Before the
+-- lock goes, the flush worker under way (if any) ends: it may have read an
+-- earlier use and would write it after the commit, before the next round
+-- writes the last one; every later worker reads the last use.
 SELECT last_used_at IS NULL AS not_yet_written
   FROM flowella.api_keys WHERE key_id = :'hot_id';
+SELECT regress_wait_for_round() AS round_ended;
 COMMIT;
 -- ...and after the next flush it is set, by exactly one row update.
 SELECT regress_wait_for_flush() AS flushed;
@@ -148,3 +170,4 @@ ALTER SYSTEM SET flowella.usage_flush_interval = 61;
 ALTER SYSTEM RESET flowella.usage_flush_interval;
 SELECT pg_reload_conf();
 DROP FUNCTION regress_wait_for_flush();
+DROP FUNCTION regress_wait_for_round();
