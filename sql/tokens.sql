@@ -31,11 +31,16 @@ BEGIN
 			IF hits > 0 THEN RETURN NEXT rel::text || '.' || col.attname; END IF;
 		END LOOP;
 	END LOOP;
-	-- WAL segments from start_lsn to now
-	FOR seg IN SELECT DISTINCT pg_walfile_name(start_lsn)
-			   UNION SELECT pg_walfile_name(pg_current_wal_insert_lsn()) LOOP
+	-- every WAL segment from start_lsn's to the current one, reported once
+	-- (the needle may be in several: a segment switch, a full-page image)
+	FOR seg IN SELECT w.name FROM pg_ls_waldir() w
+				WHERE w.name ~ '^[0-9A-F]{24}$'
+				  AND w.name BETWEEN pg_walfile_name(start_lsn)
+								 AND pg_walfile_name(pg_current_wal_insert_lsn())
+				ORDER BY w.name LOOP
 		IF position(convert_to(needle, 'UTF8') IN pg_read_binary_file('pg_wal/' || seg)) > 0 THEN
 			RETURN NEXT 'WAL';
+			EXIT;
 		END IF;
 	END LOOP;
 END

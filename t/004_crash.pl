@@ -9,6 +9,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FlowellaTest;
 use IPC::Run;
+use Cwd qw(abs_path);
+use Time::HiRes qw(usleep);
 
 my $node = preloaded_node('crash', q{
 flowella.usage_flush_interval = 1
@@ -46,7 +48,8 @@ $node->safe_psql('postgres', qq{
 });
 
 # load: every transaction creates a key and revokes every other one, and
-# verifies the kept token
+# verifies the kept token; it runs until the crash ends it (-T is only a
+# bound), however long a slow machine takes to create the keys awaited below
 my $script = "$PostgreSQL::Test::Utils::tmp_check/load.sql";
 PostgreSQL::Test::Utils::append_to_file($script, qq{
 BEGIN;
@@ -58,12 +61,16 @@ SELECT code FROM flowella.apikey_verify('$kept_token');
 });
 my ($lout, $lerr) = ('', '');
 my $load = IPC::Run::start(
-	[ 'pgbench', '-n', '-c', '4', '-j', '2', '-T', '60', '-f', $script,
+	[ 'pgbench', '-n', '-c', '4', '-j', '2', '-T', '600', '-f', $script,
 	  '-h', $node->host, '-p', $node->port, 'postgres' ],
 	'>', \$lout, '2>', \$lerr);
 
-# uncommitted at the crash: a new key and a revoke of the kept key
+# uncommitted at the crash: a new key and a revoke of the kept key.  By now
+# the load may have made the org pass the threshold of its "organisation
+# now has N active API keys" NOTICE, and a BackgroundPsql fails a query
+# that writes anything to stderr: this session shows warnings and errors.
 my $open = $node->background_psql('postgres');
+$open->query_safe("SET client_min_messages = warning");
 $open->query_safe("BEGIN");
 $open->query_safe("SELECT flowella.set_actor('$owner')");
 my $pending_id = $open->query_safe(
@@ -80,8 +87,13 @@ $load->finish;
 $open->{run}->kill_kill;
 
 # The killed postmaster may linger as a zombie where PID 1 does not reap
-# orphans (containers); its children exit on their own.  Once none is left,
-# the stale lock files naming the zombie would block the restart.
+# orphans (containers); its children exit on their own, each when it next
+# notices that the postmaster is gone (a busy one can take a while on a
+# loaded machine).  The restart must wait for all of them: one still
+# attached to the old shared memory makes it fail.  They are the processes
+# whose working directory is the data directory (a zombie has none).  Once
+# none is left, the stale lock files naming the zombie would block the
+# restart.
 sub zombie_or_gone
 {
 	my $stat = "/proc/$pm_pid/stat";
@@ -89,12 +101,16 @@ sub zombie_or_gone
 	return slurp_file($stat) =~ /^\d+ \(.*\) Z /;
 }
 my $datadir = $node->data_dir;
-for (1 .. 100)
+my $datadir_real = abs_path($datadir);
+sub server_processes
 {
-	last if zombie_or_gone() && `pgrep -f -- '$datadir' | wc -l` == 0;
-	sleep(0.1);
+	return grep { (readlink("/proc/$_/cwd") // '') eq $datadir_real }
+	  map { m{^/proc/(\d+)$} ? $1 : () } glob('/proc/[0-9]*');
 }
+my $deadline = time() + $PostgreSQL::Test::Utils::timeout_default;
+usleep(100_000) until (zombie_or_gone() && !server_processes()) || time() > $deadline;
 ok(zombie_or_gone(), 'the postmaster is dead');
+is(join(' ', server_processes()), '', 'and no server process is left');
 if (-e "/proc/$pm_pid")
 {
 	my $sock = $node->host . '/.s.PGSQL.' . $node->port;
@@ -133,10 +149,13 @@ is($q->(q{SELECT count(*) FROM (SELECT event_id FROM flowella.audit_records
 								GROUP BY event_id HAVING count(*) > 1) d}),
 	'0', 'audit event ids are unique');
 
-# the usage worker came back with the server
+# the usage worker came back with the server: a use after the restart is
+# written (the load's uses of the kept key may have been before the crash)
+my $used_before = $q->(
+	"SELECT coalesce(last_used_at, '-infinity') FROM flowella.api_keys WHERE key_id = '$kept_id'");
 $q->("SELECT flowella.apikey_verify('$kept_token')");
 ok($node->poll_query_until('postgres',
-		"SELECT last_used_at IS NOT NULL FROM flowella.api_keys WHERE key_id = '$kept_id'"),
+		"SELECT last_used_at > '$used_before' FROM flowella.api_keys WHERE key_id = '$kept_id'"),
 	'last-used tracking works after the restart');
 
 $node->stop;
