@@ -56,7 +56,13 @@ SELECT flowella.apikey_set_scopes(:'key_id', ARRAY['messages:read']);
 SELECT count(*) AS replaced FROM flowella.apikey_replace(:'key_id');
 COMMIT;
 SELECT code, scopes FROM flowella.apikey_verify(:'token', 'messages:read');
-SELECT code FROM flowella.apikey_verify(overlay(:'token' placing 'A' from 30 for 1));
+-- one character changed to the next base62 digit (qualified names: the
+-- planted search_path is in force here)
+SELECT code FROM flowella.apikey_verify(overlay(:'token' placing
+       pg_catalog.translate(pg_catalog.substr(:'token', 30, 1),
+                            '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz',
+                            '123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0')
+       from 30 for 1));
 BEGIN;
 SELECT flowella.set_actor('e7000000-0000-4000-8000-000000000001') \gset
 SELECT flowella.apikey_revoke(:'key_id') IS NOT NULL AS revoked;
