@@ -1,5 +1,6 @@
-# Upgrades.  A database created at 1.1 has exactly the objects 1.1 users
-# had (t/data/catalog-1.1.txt, the catalog listing of a 1.1 install).
+# Upgrades.  A database created at each landed version has exactly the
+# objects its users had (t/data/catalog-<version>.txt, the catalog listing
+# of an install of that version).
 # ALTER EXTENSION flowella_apikey UPDATE, from 1.0 and from 1.1, gives the
 # same objects as a fresh install of the current version (compared as
 # catalog listings: every member object with its definition, ACL and
@@ -32,28 +33,33 @@ sub extversion
 		"SELECT extversion FROM pg_extension WHERE extname = 'flowella_apikey'");
 }
 
-# What 1.1 users had: the listing of a database where CREATE EXTENSION
-# flowella_apikey VERSION '1.1' ran the full 1.1 install script, taken when
-# that script was dropped (1.1 is now installed as 1.0 plus the update to
-# 1.1).  The listing has no OID, no timestamp and no cluster-specific name.
-# Never regenerate it from the current scripts: it is the reference they
-# are held to.
-my $fixture = slurp_file(dirname(__FILE__) . '/data/catalog-1.1.txt');
-chomp $fixture;
+# What the users of each landed version had: the listing of a database
+# where CREATE EXTENSION flowella_apikey VERSION '<v>' ran, taken when that
+# version landed (t/data/catalog-<v>.txt; 1.1 from its full install script,
+# since dropped: 1.1 is now installed as 1.0 plus the update to 1.1).  The
+# listing has no OID, no timestamp and no cluster-specific name.  Never
+# regenerate one from the current scripts: it is the reference they are
+# held to.
+for my $version ('1.1', '1.2')
+{
+	(my $tag = $version) =~ s/\./_/;
+	my $fixture = slurp_file(dirname(__FILE__) . "/data/catalog-$version.txt");
+	chomp $fixture;
 
-# Both ways a database reaches 1.1 give exactly that: CREATE EXTENSION at
-# 1.1, and 1.0 updated to 1.1.
-$node->safe_psql('postgres', 'CREATE DATABASE at_11');
-$node->safe_psql('at_11', "CREATE EXTENSION flowella_apikey VERSION '1.1'");
-is(extversion('at_11'), '1.1', 'CREATE EXTENSION VERSION 1.1 installs 1.1');
-listing_is(catalog_listing($node, 'at_11'), $fixture,
-	'a database created at 1.1 has what 1.1 users had (t/data/catalog-1.1.txt)');
+	# Both ways a database reaches it give exactly that: CREATE EXTENSION
+	# at that version, and 1.0 updated to it.
+	$node->safe_psql('postgres', "CREATE DATABASE at_$tag");
+	$node->safe_psql("at_$tag", "CREATE EXTENSION flowella_apikey VERSION '$version'");
+	is(extversion("at_$tag"), $version, "CREATE EXTENSION VERSION $version installs $version");
+	listing_is(catalog_listing($node, "at_$tag"), $fixture,
+		"a database created at $version has what $version users had (t/data/catalog-$version.txt)");
 
-$node->safe_psql('postgres', 'CREATE DATABASE stepped_11');
-$node->safe_psql('stepped_11', "CREATE EXTENSION flowella_apikey VERSION '1.0'");
-$node->safe_psql('stepped_11', "ALTER EXTENSION flowella_apikey UPDATE TO '1.1'");
-listing_is(catalog_listing($node, 'stepped_11'), $fixture,
-	'a database updated from 1.0 to 1.1 has what 1.1 users had');
+	$node->safe_psql('postgres', "CREATE DATABASE stepped_$tag");
+	$node->safe_psql("stepped_$tag", "CREATE EXTENSION flowella_apikey VERSION '1.0'");
+	$node->safe_psql("stepped_$tag", "ALTER EXTENSION flowella_apikey UPDATE TO '$version'");
+	listing_is(catalog_listing($node, "stepped_$tag"), $fixture,
+		"a database updated from 1.0 to $version has what $version users had");
+}
 
 # A database on each old version with keys in every state, member changes,
 # audit records and last uses; its data is snapshot before the update.
