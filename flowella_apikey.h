@@ -124,6 +124,20 @@ extern void flwl_verify_init(void);
 extern void flwl_usage_init(void);
 extern void flwl_usage_record(const pg_uuid_t *key_id, TimestampTz when);
 
+/*
+ * Per-key rate limits (flowella_ratelimit.c): a token bucket per key in
+ * this server's shared memory, of capacity limit_per_minute, refilled at
+ * limit_per_minute per minute.  flwl_ratelimit_take spends one request of
+ * the key's bucket: true when it may pass, with *remaining the whole
+ * requests left after it; false when it may not, with *retry_after_ms (> 0)
+ * the wait until one would pass.  Without shared_preload_libraries there is
+ * no shared bucket: see flowella_ratelimit.c for what it answers then.
+ */
+extern void flwl_ratelimit_init(void);
+extern bool flwl_ratelimit_take(const pg_uuid_t *key_id, int32 limit_per_minute,
+								TimestampTz now, int32 *remaining,
+								int32 *retry_after_ms);
+
 /* Log redaction (flowella_redact.c) */
 extern void flwl_redact_init(void);
 
