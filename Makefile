@@ -5,8 +5,10 @@ OBJS = \
 	$(WIN32RES) \
 	flowella_apikey.o \
 	flowella_audit.o \
+	flowella_bucket.o \
 	flowella_check.o \
 	flowella_manage.o \
+	flowella_ratelimit.o \
 	flowella_redact.o \
 	flowella_scopes.o \
 	flowella_token.o \

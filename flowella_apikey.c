@@ -71,8 +71,9 @@ static void actor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 /*
  * Module load.  Preloaded, it also sets up last-used tracking (shared
- * memory and its background worker); loaded on first use instead, verify
- * works the same but records no use.
+ * memory and its background worker) and the rate limiter's buckets (shared
+ * memory); loaded on first use instead, verify works the same but records
+ * no use and limits no rate (see flowella_ratelimit.c).
  */
 void
 _PG_init(void)
@@ -83,7 +84,10 @@ _PG_init(void)
 				 errmsg("could not initialize libsodium")));
 
 	if (process_shared_preload_libraries_in_progress)
+	{
 		flwl_usage_init();
+		flwl_ratelimit_init();
+	}
 	flwl_redact_init();
 
 	RegisterXactCallback(actor_xact_callback, NULL);

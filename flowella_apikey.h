@@ -128,10 +128,20 @@ extern void flwl_usage_record(const pg_uuid_t *key_id, TimestampTz when);
  * Per-key rate limits (flowella_ratelimit.c): a token bucket per key in
  * this server's shared memory, of capacity limit_per_minute, refilled at
  * limit_per_minute per minute.  flwl_ratelimit_take spends one request of
- * the key's bucket: true when it may pass, with *remaining the whole
- * requests left after it; false when it may not, with *retry_after_ms (> 0)
- * the wait until one would pass.  Without shared_preload_libraries there is
- * no shared bucket: see flowella_ratelimit.c for what it answers then.
+ * the key's bucket in the current database (limit_per_minute in
+ * 1 .. 1 000 000, as the table keeps it; now from GetCurrentTimestamp):
+ *	- true when it may pass, with *remaining the whole requests left after
+ *	  it (>= 0) and *retry_after_ms 0;
+ *	- false when it may not (RATE_LIMITED), with *remaining 0 and
+ *	  *retry_after_ms (> 0) the wait until one would pass;
+ *	- true with *remaining = -1 ("unknown": the caller answers NULL) when no
+ *	  bucket limits it: without shared_preload_libraries (no shared memory,
+ *	  so no limit is enforced at all), or when more keys than
+ *	  flowella.ratelimit_max_keys are being spent at once on this server.
+ * It never writes a table; a key with a bucket costs one hash probe under
+ * a shared lock and a spinlock, with no allocation and no system call.
+ * apikey_verify calls it once every other check has passed; a request
+ * refused, for any reason, spends nothing.
  */
 extern void flwl_ratelimit_init(void);
 extern bool flwl_ratelimit_take(const pg_uuid_t *key_id, int32 limit_per_minute,
