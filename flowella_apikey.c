@@ -87,6 +87,15 @@ _PG_init(void)
 	{
 		flwl_usage_init();
 		flwl_ratelimit_init();
+#if PG_VERSION_NUM >= 150000
+
+		/*
+		 * Only once every flowella.* setting is defined: reserving the
+		 * prefix drops the placeholders of those not yet defined, and with
+		 * them the values postgresql.conf gave them.
+		 */
+		MarkGUCPrefixReserved("flowella");
+#endif
 	}
 	flwl_redact_init();
 

@@ -161,10 +161,6 @@ flwl_usage_init(void)
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 #if PG_VERSION_NUM >= 150000
-	MarkGUCPrefixReserved("flowella");
-#endif
-
-#if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = usage_shmem_request;
 #else
