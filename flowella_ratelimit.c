@@ -380,10 +380,9 @@ pass_untracked(int32 *remaining, int32 *retry_after_ms, TimestampTz now)
 		pg_atomic_compare_exchange_u64(&ratelimit->last_log, &last, (uint64) now))
 		ereport(LOG,
 				(errmsg("flowella_apikey rate limiter is full: requests pass without a rate limit"),
-				 errdetail("More than %d keys were spent from within the last minute on this server; %llu requests have passed untracked since start.",
-						   ratelimit_max_keys,
-						   (unsigned long long) pg_atomic_read_u64(&ratelimit->untracked)),
-				 errhint("Raise \"flowella.ratelimit_max_keys\".")));
+				 errdetail("More than %d rate-limited keys were used within the last minute on this server.",
+						   ratelimit_max_keys),
+				 errhint("Raise \"flowella.ratelimit_max_keys\"; flowella.ratelimit_stats() counts the requests that passed untracked.")));
 	return true;
 }
 
