@@ -643,6 +643,26 @@ require_key_access(FunctionCallInfo fcinfo, int argno)
 	require_key_access_by(&q_key_access, fcinfo, argno);
 }
 
+/*
+ * require_key_access, then refuse (with sqlstate, the one the function's
+ * contract gives) to change what of a revoked key: a revoked key stays as
+ * it was when revoked.
+ */
+static void
+require_unrevoked_key(FunctionCallInfo fcinfo, int argno, int sqlstate,
+					  const char *what)
+{
+	bool		isnull;
+
+	require_key_access(fcinfo, argno);
+	(void) result_value(2, &isnull);
+	if (!isnull)
+		ereport(ERROR,
+				(errcode(sqlstate),
+				 errmsg("cannot change the %s of a revoked API key", what),
+				 errdetail("A revoked key stays as it was when revoked.")));
+}
+
 /*---- Key creation ----*/
 
 /*
@@ -955,14 +975,8 @@ apikey_set_scopes_body(PG_FUNCTION_ARGS)
 	bool		isnull;
 
 	SPI_connect();
-	require_key_access(fcinfo, 0);
-
-	(void) result_value(2, &isnull);
-	if (!isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot change the scopes of a revoked API key"),
-				 errdetail("A revoked key stays as it was when revoked.")));
+	require_unrevoked_key(fcinfo, 0, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+						  "scopes");
 
 	args[0] = PG_GETARG_DATUM(0);
 	if (PG_ARGISNULL(1))
@@ -997,17 +1011,9 @@ apikey_set_policy_body(PG_FUNCTION_ARGS)
 {
 	Datum		args[3];
 	char		nulls[3] = {' ', ' ', ' '};
-	bool		isnull;
 
 	SPI_connect();
-	require_key_access(fcinfo, 0);
-
-	(void) result_value(2, &isnull);
-	if (!isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("cannot change the policy of a revoked API key"),
-				 errdetail("A revoked key stays as it was when revoked.")));
+	require_unrevoked_key(fcinfo, 0, ERRCODE_INVALID_PARAMETER_VALUE, "policy");
 	check_policy(fcinfo, 1);
 
 	args[0] = PG_GETARG_DATUM(0);
