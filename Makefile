@@ -19,7 +19,7 @@ EXTENSION = flowella_apikey
 # One install script, then one upgrade script per version: CREATE EXTENSION
 # runs 1.0 and the updates up to the version asked for (see the README).
 DATA = flowella_apikey--1.0.sql flowella_apikey--1.0--1.1.sql \
-	flowella_apikey--1.1--1.2.sql
+	flowella_apikey--1.1--1.2.sql flowella_apikey--1.2--1.3.sql
 PGFILEDESC = "flowella_apikey - API keys for Flowella organisations"
 
 SHLIB_LINK += -lsodium
@@ -29,7 +29,7 @@ SHLIB_LINK += -lsodium
 # README: scripts/test.sh wraps it in pg_virtualenv).  setup runs first and
 # creates the extension, test roles and plans the other files use.
 REGRESS = setup tokens create verify hostile actor provisioning revoke scopes replace list \
-	security immutability audit usage
+	security immutability audit usage policy rotation
 ISOLATION = revoke_verify concurrent_create last_owner
 
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers

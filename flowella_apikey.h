@@ -6,7 +6,8 @@
  *		an API call in progress and the search_path pin (flowella_apikey.c);
  *		saved queries (flowella_manage.c); scope sets, the scope-list rule
  *		and names in messages (flowella_scopes.c); the stored-label check
- *		(flowella_check.c); each subsystem's set-up, called by _PG_init.
+ *		and the key policy rule (flowella_check.c); each subsystem's
+ *		set-up, called by _PG_init.
  *
  * The token codec and the validators that need no backend are in
  * flowella_token.h.
@@ -67,7 +68,7 @@ typedef struct FlwlQuery
 {
 	const char *sql;
 	int			nargs;
-	Oid			argtypes[12];
+	Oid			argtypes[16];
 	SPIPlanPtr	plan;
 } FlwlQuery;
 
@@ -116,6 +117,15 @@ extern FlwlScopeSet flwl_effective_scopes(Datum key_scopes, bool key_scopes_null
  * database encoding), or NULL (flowella_check.c).
  */
 extern const char *flwl_label_text_problem(text *t);
+
+/*
+ * What is wrong with a key's IP allowlist or rate limit (both non-NULL:
+ * NULL is no restriction), or NULL (flowella_check.c).
+ */
+#define FLWL_RATE_LIMIT_MAX		1000000
+
+extern const char *flwl_allowed_ips_problem(ArrayType *arr);
+extern const char *flwl_rate_limit_problem(int32 limit);
 
 /* The verify path (flowella_verify.c) */
 extern void flwl_verify_init(void);

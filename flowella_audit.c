@@ -2,8 +2,8 @@
  *
  * flowella_audit.c
  *		The audit trail: AFTER ROW triggers on api_keys and members that
- *		write one record per key create, revoke and scope change and per
- *		member role change, in the changing transaction.
+ *		write one record per key create, revoke, scope, policy and expiry
+ *		change and per member role change, in the changing transaction.
  *
  * They are written in C because every apikey_create pays for one: a
  * plpgsql trigger calling a SECURITY DEFINER helper cost about a quarter of
@@ -23,6 +23,9 @@
  * pinned to pg_catalog, pg_temp (flwl_query_exec): a change through the
  * API, whose functions pin that path already, pays one strcmp for it; a
  * direct change pays a GUC save and restore per record.
+ *
+ * The policy columns exist from version 1.3 on; on an older schema the
+ * trigger neither records nor looks for them (has_column).
  *
  * Rows a superuser copies in with no API call running and no actor set are
  * a restore: their audit records come back with them, so they are not
@@ -70,6 +73,17 @@ static FlwlQuery q_key_created = {
 	TIMESTAMPTZOID, UUIDOID}
 };
 
+/* key.created on a 1.3 schema: the policy the key starts with, too */
+static FlwlQuery q_key_created_1_3 = {
+	AUDIT_INSERT("key.created")
+	"'label', $6, 'prefix', $7, 'mode', $8, 'scopes', $9,"
+	" 'expires_at', $10, 'replaces_key_id', $11,"
+	" 'allowed_ips', $12, 'rate_limit_per_minute', $13))",
+	AUDIT_HEAD_NARGS + 8,
+	{AUDIT_HEAD_TYPES, TEXTOID, TEXTOID, TEXTOID, TEXTARRAYOID,
+	TIMESTAMPTZOID, UUIDOID, CIDRARRAYOID, INT4OID}
+};
+
 static FlwlQuery q_key_revoked = {
 	AUDIT_INSERT("key.revoked")
 	"'label', $6, 'prefix', $7, 'revoked_at', $8, 'revoked_by', $9))",
@@ -84,6 +98,21 @@ static FlwlQuery q_key_scopes_changed = {
 	{AUDIT_HEAD_TYPES, TEXTOID, TEXTARRAYOID, TEXTARRAYOID}
 };
 
+static FlwlQuery q_key_policy_changed = {
+	AUDIT_INSERT("key.policy_changed")
+	"'prefix', $6, 'old_allowed_ips', $7, 'new_allowed_ips', $8,"
+	" 'old_rate_limit_per_minute', $9, 'new_rate_limit_per_minute', $10))",
+	AUDIT_HEAD_NARGS + 5,
+	{AUDIT_HEAD_TYPES, TEXTOID, CIDRARRAYOID, CIDRARRAYOID, INT4OID, INT4OID}
+};
+
+static FlwlQuery q_key_expiry_changed = {
+	AUDIT_INSERT("key.expiry_changed")
+	"'prefix', $6, 'old_expires_at', $7, 'new_expires_at', $8))",
+	AUDIT_HEAD_NARGS + 3,
+	{AUDIT_HEAD_TYPES, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+};
+
 static FlwlQuery q_member_role_changed = {
 	AUDIT_INSERT("member.role_changed")
 	"'user_id', $6, 'old_role', $7, 'new_role', $8))",
@@ -94,8 +123,8 @@ static FlwlQuery q_member_role_changed = {
 /* Parameters of one record under construction. */
 typedef struct AuditRecord
 {
-	Datum		values[12];
-	char		nulls[12];
+	Datum		values[13];
+	char		nulls[13];
 	int			n;
 } AuditRecord;
 
@@ -120,6 +149,13 @@ column_value(TriggerData *trigdata, HeapTuple tuple, const char *name,
 		elog(ERROR, "column \"%s\" of relation \"%s\" does not exist", name,
 			 RelationGetRelationName(trigdata->tg_relation));
 	return heap_getattr(tuple, attnum, tupdesc, isnull);
+}
+
+/* Whether the relation the trigger fired on has column name. */
+static bool
+has_column(TriggerData *trigdata, const char *name)
+{
+	return SPI_fnumber(RelationGetDescr(trigdata->tg_relation), name) > 0;
 }
 
 /* Add column name of tuple to the record. */
@@ -234,7 +270,8 @@ column_is_null(TriggerData *trigdata, HeapTuple tuple, const char *name)
 
 /*
  * api_keys_audit(): AFTER INSERT records key.created; AFTER UPDATE records
- * key.revoked and/or key.scopes_changed (the trigger's WHEN clause keeps
+ * key.revoked, key.scopes_changed, key.policy_changed and/or
+ * key.expiry_changed, in that order (the trigger's WHEN clause keeps
  * last-used updates from calling it at all).
  */
 Datum
@@ -242,6 +279,8 @@ flowella_api_keys_audit(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = audit_trigger_data(fcinfo, "api_keys_audit");
 	Relation	rel = trigdata->tg_relation;
+	bool		with_policy = has_column(trigdata, "allowed_ips");
+	HeapTuple	oldtup;
 	HeapTuple	newtup;
 	AuditRecord rec;
 
@@ -258,7 +297,14 @@ flowella_api_keys_audit(PG_FUNCTION_ARGS)
 		record_add_column(&rec, trigdata, newtup, "scopes");
 		record_add_column(&rec, trigdata, newtup, "expires_at");
 		record_add_column(&rec, trigdata, newtup, "replaces_key_id");
-		record_write(&q_key_created, &rec, rel);
+		if (!with_policy)
+		{
+			record_write(&q_key_created, &rec, rel);
+			return PointerGetDatum(NULL);
+		}
+		record_add_column(&rec, trigdata, newtup, "allowed_ips");
+		record_add_column(&rec, trigdata, newtup, "rate_limit_per_minute");
+		record_write(&q_key_created_1_3, &rec, rel);
 		return PointerGetDatum(NULL);
 	}
 
@@ -268,8 +314,9 @@ flowella_api_keys_audit(PG_FUNCTION_ARGS)
 				 errmsg("function \"%s\" must be fired for INSERT or UPDATE",
 						"api_keys_audit")));
 
+	oldtup = trigdata->tg_trigtuple;
 	newtup = trigdata->tg_newtuple;
-	if (column_is_null(trigdata, trigdata->tg_trigtuple, "revoked_at") &&
+	if (column_is_null(trigdata, oldtup, "revoked_at") &&
 		!column_is_null(trigdata, newtup, "revoked_at"))
 	{
 		record_start(&rec, trigdata, newtup, true);
@@ -283,9 +330,29 @@ flowella_api_keys_audit(PG_FUNCTION_ARGS)
 	{
 		record_start(&rec, trigdata, newtup, true);
 		record_add_column(&rec, trigdata, newtup, "prefix");
-		record_add_column(&rec, trigdata, trigdata->tg_trigtuple, "scopes");
+		record_add_column(&rec, trigdata, oldtup, "scopes");
 		record_add_column(&rec, trigdata, newtup, "scopes");
 		record_write(&q_key_scopes_changed, &rec, rel);
+	}
+	if (with_policy &&
+		(column_changed(trigdata, "allowed_ips", F_ARRAY_EQ) ||
+		 column_changed(trigdata, "rate_limit_per_minute", F_INT4EQ)))
+	{
+		record_start(&rec, trigdata, newtup, true);
+		record_add_column(&rec, trigdata, newtup, "prefix");
+		record_add_column(&rec, trigdata, oldtup, "allowed_ips");
+		record_add_column(&rec, trigdata, newtup, "allowed_ips");
+		record_add_column(&rec, trigdata, oldtup, "rate_limit_per_minute");
+		record_add_column(&rec, trigdata, newtup, "rate_limit_per_minute");
+		record_write(&q_key_policy_changed, &rec, rel);
+	}
+	if (column_changed(trigdata, "expires_at", F_TIMESTAMPTZ_EQ))
+	{
+		record_start(&rec, trigdata, newtup, true);
+		record_add_column(&rec, trigdata, newtup, "prefix");
+		record_add_column(&rec, trigdata, oldtup, "expires_at");
+		record_add_column(&rec, trigdata, newtup, "expires_at");
+		record_write(&q_key_expiry_changed, &rec, rel);
 	}
 	return PointerGetDatum(NULL);
 }

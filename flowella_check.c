@@ -2,7 +2,8 @@
  *
  * flowella_check.c
  *		The CHECK constraints of the tables, in C: label_ok, scope_set_ok,
- *		plan_name_ok, role_ok and api_key_row_ok.
+ *		plan_name_ok, role_ok and api_key_row_ok; and the rule of a key's
+ *		policy (allowlist and rate limit), which the API applies too.
  *
  * They apply the same validators as the API functions apply to their
  * arguments, so a direct write by the table owner or a restore cannot
@@ -107,11 +108,40 @@ flowella_role_ok(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(flwl_role_known(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)));
 }
 
+/*---- Key policy ----*/
+
+/*
+ * What is wrong with an IP allowlist (not NULL: NULL means any address), or
+ * NULL.  apikey_set_policy and the row CHECK both apply it.
+ */
+const char *
+flwl_allowed_ips_problem(ArrayType *arr)
+{
+	if (ARR_NDIM(arr) == 0)
+		return "An allowlist names at least one network; NULL allows every address.";
+	if (ARR_NDIM(arr) != 1)
+		return "An allowlist is a one-dimensional array of networks.";
+	if (array_contains_nulls(arr))
+		return "An allowlist must not contain NULL elements.";
+	return NULL;
+}
+
+/* What is wrong with a rate limit (not NULL: NULL means none), or NULL. */
+const char *
+flwl_rate_limit_problem(int32 limit)
+{
+	if (limit < 1 || limit > FLWL_RATE_LIMIT_MAX)
+		return "A rate limit is from 1 to 1000000 requests per minute; NULL sets no limit.";
+	return NULL;
+}
+
 /*---- Key rows ----*/
 
 /*
  * api_key_row_ok(label, prefix, mode, secret_hash, scopes, created_at,
- * expires_at, revoked_at, revoked_by): the one CHECK constraint of api_keys.
+ * expires_at, revoked_at, revoked_by [, allowed_ips, rate_limit_per_minute]):
+ * the one CHECK constraint of api_keys.  Version 1.3 passes the two policy
+ * columns as well; 1.1 and 1.2 schemas call the 9-argument form.
  *
  * The API never writes a row that fails it; it stops direct writes and bad
  * restores.  One C function rather than a CHECK per rule because PostgreSQL
@@ -173,6 +203,19 @@ api_key_row_problem(FunctionCallInfo fcinfo, const char **field)
 	*field = "revoked_at";
 	if (!PG_ARGISNULL(8) && PG_ARGISNULL(7))
 		return "A key revoked by someone has a revocation time.";
+
+	if (PG_NARGS() < 11)
+		return NULL;
+
+	*field = "allowed_ips";
+	if (!PG_ARGISNULL(9) &&
+		(why = flwl_allowed_ips_problem(PG_GETARG_ARRAYTYPE_P(9))) != NULL)
+		return why;
+
+	*field = "rate_limit_per_minute";
+	if (!PG_ARGISNULL(10) &&
+		(why = flwl_rate_limit_problem(PG_GETARG_INT32(10))) != NULL)
+		return why;
 
 	return NULL;
 }

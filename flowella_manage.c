@@ -2,8 +2,8 @@
  *
  * flowella_manage.c
  *		The management and provisioning API: apikey_create, apikey_replace,
- *		apikey_revoke, apikey_set_scopes, apikey_list, org_create,
- *		member_set, member_remove and plan_set.
+ *		apikey_revoke, apikey_set_scopes, apikey_set_policy, apikey_list,
+ *		org_create, member_set, member_remove and plan_set.
  *
  * These functions are SECURITY DEFINER: their callers hold no write
  * privilege on any table.  So each one checks the actor itself, before any
@@ -26,6 +26,11 @@
  * A new token exists in this file only in a stack buffer, wiped before
  * return, and in the result row handed to the executor.
  *
+ * Functions whose signature or result changed in a version have one C entry
+ * point per shape, named after the version (flowella_apikey_list_1_3): a
+ * database not yet updated calls the old one, whose queries name only the
+ * columns its schema has.
+ *
  * Every saved query names each operator, function and type with its schema
  * (OPERATOR(pg_catalog.=), pg_catalog.now(), ...) and runs with search_path
  * pinned to pg_catalog, pg_temp (flwl_query_exec): the audit triggers run
@@ -38,7 +43,9 @@
 
 #include <sodium.h>
 
+#include "access/xact.h"
 #include "catalog/pg_type_d.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
@@ -77,6 +84,11 @@ typedef struct KeySpec
 	bool		expires_null;	/* never expires */
 	Datum		replaces;		/* the key it replaces ... */
 	bool		replaces_null;	/* ... or none */
+	bool		with_policy;	/* 1.3 on: the policy columns below */
+	Datum		allowed_ips;	/* cidr[] ... */
+	bool		allowed_ips_null;	/* ... or any address */
+	Datum		rate_limit;		/* int4 ... */
+	bool		rate_limit_null;	/* ... or no limit */
 	TimestampTz now;			/* its created_at */
 	int64		active;			/* the org's active keys before it */
 } KeySpec;
@@ -147,6 +159,22 @@ static FlwlQuery q_key_access = {
 	2, {UUIDOID, UUIDOID}
 };
 
+/* q_key_access on a 1.3 schema; columns 10 and 11 the key's policy */
+static FlwlQuery q_key_access_1_3 = {
+	"SELECT k.org_id, k.revoked_at, k.scopes, k.label, k.mode,"
+	"       k.expires_at, o.plan, p.scopes, k.created_at,"
+	"       k.allowed_ips, k.rate_limit_per_minute"
+	"  FROM flowella.api_keys k"
+	"  JOIN flowella.members m ON m.org_id OPERATOR(pg_catalog.=) k.org_id"
+	"   AND m.user_id OPERATOR(pg_catalog.=) $2"
+	"   AND m.role OPERATOR(pg_catalog.=) ANY (" FLWL_KEY_MANAGER_ROLES_SQL ")"
+	"  JOIN flowella.orgs o ON o.org_id OPERATOR(pg_catalog.=) k.org_id"
+	"  JOIN flowella.plans p ON p.plan OPERATOR(pg_catalog.=) o.plan"
+	" WHERE k.key_id OPERATOR(pg_catalog.=) $1"
+	"   FOR UPDATE OF k FOR SHARE OF m",
+	2, {UUIDOID, UUIDOID}
+};
+
 static FlwlQuery q_count_active = {
 	COUNT_ACTIVE_SQL("$1"),
 	1, {UUIDOID}
@@ -169,6 +197,18 @@ static FlwlQuery q_insert_key = {
 	TIMESTAMPTZOID, UUIDOID, TIMESTAMPTZOID, UUIDOID}
 };
 
+/* q_insert_key on a 1.3 schema, with the key's policy */
+static FlwlQuery q_insert_key_1_3 = {
+	"INSERT INTO flowella.api_keys"
+	" (org_id, label, prefix, secret_hash, scopes, mode, created_at,"
+	"  created_by, expires_at, replaces_key_id, allowed_ips,"
+	"  rate_limit_per_minute)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+	" ON CONFLICT (prefix) DO NOTHING RETURNING key_id",
+	12, {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTARRAYOID, TEXTOID,
+	TIMESTAMPTZOID, UUIDOID, TIMESTAMPTZOID, UUIDOID, CIDRARRAYOID, INT4OID}
+};
+
 static FlwlQuery q_revoke = {
 	"UPDATE flowella.api_keys SET revoked_at = $3, revoked_by = $2"
 	" WHERE key_id OPERATOR(pg_catalog.=) $1",
@@ -184,14 +224,41 @@ static FlwlQuery q_set_scopes = {
 	2, {UUIDOID, TEXTARRAYOID}
 };
 
-static FlwlQuery q_list = {
-	"SELECT key_id, label, prefix, scopes, mode, created_at, created_by,"
-	"       last_used_at, expires_at, revoked_at, revoked_by,"
-	"       CASE WHEN revoked_at IS NOT NULL THEN 'revoked'"
-	"            WHEN expires_at OPERATOR(pg_catalog.<=) $2 THEN 'expired'"
+/* Both with IS DISTINCT FROM spelt out, as in q_set_scopes. */
+static FlwlQuery q_set_policy = {
+	"UPDATE flowella.api_keys SET allowed_ips = $2, rate_limit_per_minute = $3"
+	" WHERE key_id OPERATOR(pg_catalog.=) $1"
+	"   AND (((allowed_ips OPERATOR(pg_catalog.=) $2) IS NOT TRUE"
+	"         AND (allowed_ips IS NOT NULL OR $2 IS NOT NULL))"
+	"     OR ((rate_limit_per_minute OPERATOR(pg_catalog.=) $3) IS NOT TRUE"
+	"         AND (rate_limit_per_minute IS NOT NULL OR $3 IS NOT NULL)))",
+	3, {UUIDOID, CIDRARRAYOID, INT4OID}
+};
+
+static FlwlQuery q_set_expiry = {
+	"UPDATE flowella.api_keys SET expires_at = $2"
+	" WHERE key_id OPERATOR(pg_catalog.=) $1",
+	2, {UUIDOID, TIMESTAMPTZOID}
+};
+
+#define LIST_COLUMNS \
+	"SELECT key_id, label, prefix, scopes, mode, created_at, created_by," \
+	"       last_used_at, expires_at, revoked_at, revoked_by," \
+	"       CASE WHEN revoked_at IS NOT NULL THEN 'revoked'" \
+	"            WHEN expires_at OPERATOR(pg_catalog.<=) $2 THEN 'expired'" \
 	"            ELSE 'active' END"
-	"  FROM flowella.api_keys WHERE org_id OPERATOR(pg_catalog.=) $1"
-	" ORDER BY created_at DESC, key_id DESC",
+#define LIST_FROM \
+	"  FROM flowella.api_keys WHERE org_id OPERATOR(pg_catalog.=) $1" \
+	" ORDER BY created_at DESC, key_id DESC"
+
+static FlwlQuery q_list = {
+	LIST_COLUMNS LIST_FROM,
+	2, {UUIDOID, TIMESTAMPTZOID}
+};
+
+/* 1.3 on: the policy after the 1.1 columns */
+static FlwlQuery q_list_1_3 = {
+	LIST_COLUMNS ", allowed_ips, rate_limit_per_minute" LIST_FROM,
 	2, {UUIDOID, TIMESTAMPTZOID}
 };
 
@@ -261,9 +328,12 @@ static FlwlQuery q_plan_upsert = {
 
 PG_FUNCTION_INFO_V1(flowella_apikey_create);
 PG_FUNCTION_INFO_V1(flowella_apikey_replace);
+PG_FUNCTION_INFO_V1(flowella_apikey_replace_1_3);
 PG_FUNCTION_INFO_V1(flowella_apikey_revoke);
 PG_FUNCTION_INFO_V1(flowella_apikey_set_scopes);
+PG_FUNCTION_INFO_V1(flowella_apikey_set_policy);
 PG_FUNCTION_INFO_V1(flowella_apikey_list);
+PG_FUNCTION_INFO_V1(flowella_apikey_list_1_3);
 PG_FUNCTION_INFO_V1(flowella_org_create);
 PG_FUNCTION_INFO_V1(flowella_member_set);
 PG_FUNCTION_INFO_V1(flowella_member_remove);
@@ -465,6 +535,55 @@ check_expiry(FunctionCallInfo fcinfo, int argno, TimestampTz now)
 		invalid_argument("expires_at", "The expiry time must be in the future.");
 }
 
+/*
+ * The policy arguments allowed_ips (cidr[]) and rate_limit_per_minute at
+ * ips_arg and ips_arg + 1: NULL or what flwl_allowed_ips_problem and
+ * flwl_rate_limit_problem accept, else 22023.
+ */
+static void
+check_policy(FunctionCallInfo fcinfo, int ips_arg)
+{
+	const char *problem;
+
+	if (!PG_ARGISNULL(ips_arg) &&
+		(problem = flwl_allowed_ips_problem(PG_GETARG_ARRAYTYPE_P(ips_arg))) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid allowed_ips"),
+				 errdetail("%s", problem),
+				 errhint("Pass NULL to allow every client address.")));
+	if (!PG_ARGISNULL(ips_arg + 1) &&
+		(problem = flwl_rate_limit_problem(PG_GETARG_INT32(ips_arg + 1))) != NULL)
+		invalid_argument("rate_limit_per_minute", problem);
+}
+
+/* The longest grace period of a rotation. */
+#define GRACE_MAX_DAYS	30
+
+/*
+ * The grace period argument as a length of time in microseconds, a month
+ * counting 30 days and a day 24 hours (as interval comparison counts them),
+ * so that "30 days" is the bound whatever the calendar.  22023 unless it
+ * is from 0 to 30 days.
+ */
+static int64
+check_grace(FunctionCallInfo fcinfo, int argno)
+{
+	Interval   *grace = PG_GETARG_INTERVAL_P(argno);
+	int64		days = (int64) grace->month * DAYS_PER_MONTH + grace->day;
+	int64		span;
+
+	if (pg_mul_s64_overflow(days, USECS_PER_DAY, &span) ||
+		pg_add_s64_overflow(span, grace->time, &span) ||
+		span < 0 || span > GRACE_MAX_DAYS * USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid grace"),
+				 errdetail("A grace period is from 0 to %d days.", GRACE_MAX_DAYS),
+				 errhint("Pass NULL to leave the old key's expiry as it is.")));
+	return span;
+}
+
 /*---- Access checks ----*/
 
 /*
@@ -505,16 +624,43 @@ require_org_access(FunctionCallInfo fcinfo, int argno, bool for_change)
 /*
  * 42704 unless the key in argument argno exists and the actor manages its
  * org; the key row is then locked and its columns are in SPI_tuptable row 0
- * (see q_key_access).
+ * (see q_key_access, or the query q given, which starts with the same
+ * columns).
  */
 static void
-require_key_access(FunctionCallInfo fcinfo, int argno)
+require_key_access_by(FlwlQuery *q, FunctionCallInfo fcinfo, int argno)
 {
-	if (!access_row(&q_key_access, fcinfo, argno, false))
+	if (!access_row(q, fcinfo, argno, false))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("API key not found"),
 				 errdetail("No key with this id exists, or the acting user may not manage it.")));
+}
+
+static void
+require_key_access(FunctionCallInfo fcinfo, int argno)
+{
+	require_key_access_by(&q_key_access, fcinfo, argno);
+}
+
+/*
+ * require_key_access, then refuse (with sqlstate, the one the function's
+ * contract gives) to change what of a revoked key: a revoked key stays as
+ * it was when revoked.
+ */
+static void
+require_unrevoked_key(FunctionCallInfo fcinfo, int argno, int sqlstate,
+					  const char *what)
+{
+	bool		isnull;
+
+	require_key_access(fcinfo, argno);
+	(void) result_value(2, &isnull);
+	if (!isnull)
+		ereport(ERROR,
+				(errcode(sqlstate),
+				 errmsg("cannot change the %s of a revoked API key", what),
+				 errdetail("A revoked key stays as it was when revoked.")));
 }
 
 /*---- Key creation ----*/
@@ -530,8 +676,8 @@ create_key(ReturnSetInfo *rsinfo, const KeySpec *spec)
 	char		token[FLWL_TOKEN_LEN];
 	unsigned char hash[FLWL_HASH_LEN];
 	bytea	   *hash_datum = palloc(VARHDRSZ + FLWL_HASH_LEN);
-	Datum		args[10];
-	char		nulls[10];
+	Datum		args[12];
+	char		nulls[12];
 	Datum		key_id = (Datum) 0;
 	bool		isnull;
 
@@ -558,8 +704,13 @@ create_key(ReturnSetInfo *rsinfo, const KeySpec *spec)
 			nulls[8] = spec->expires_null ? 'n' : ' ';
 			args[9] = spec->replaces;
 			nulls[9] = spec->replaces_null ? 'n' : ' ';
+			args[10] = spec->allowed_ips;
+			nulls[10] = spec->allowed_ips_null ? 'n' : ' ';
+			args[11] = spec->rate_limit;
+			nulls[11] = spec->rate_limit_null ? 'n' : ' ';
 
-			if (flwl_query_exec(&q_insert_key, args, nulls, false, 0) == SPI_OK_INSERT_RETURNING &&
+			if (flwl_query_exec(spec->with_policy ? &q_insert_key_1_3 : &q_insert_key,
+								args, nulls, false, 0) == SPI_OK_INSERT_RETURNING &&
 				SPI_processed == 1)
 				key_id = result_value(1, &isnull);
 		}
@@ -640,24 +791,49 @@ flowella_apikey_create(PG_FUNCTION_ARGS)
 }
 
 /*
- * apikey_replace(old_key_id uuid) returns table (key_id, token, prefix)
+ * apikey_replace(old_key_id uuid [, grace interval]) returns table (key_id,
+ * token, prefix)
  *
  * The new key takes the old one's org, label, mode and scopes (those its
- * plan still offers) and, if the old key had an expiry, the same lifetime
- * (exactly, in microseconds) counted from now.  The old key is left as it is, revoked or not: rotation
- * is replace, roll out, revoke.
+ * plan still offers), from 1.3 on its policy, and, if the old key had an
+ * expiry, the same lifetime (exactly, in microseconds) counted from now.
+ * Without a grace period the old key is left as it is, revoked or not:
+ * rotation is replace, roll out, revoke.  With one (1.3 on), an active old
+ * key's expiry becomes least(expires_at, now() + grace), now() being the
+ * start of the transaction, but never before the old key's creation (a key
+ * created and replaced in one transaction expires a microsecond after it
+ * was created); the audit trigger records key.expiry_changed.
  */
 static Datum
-apikey_replace_body(PG_FUNCTION_ARGS)
+replace_key(FunctionCallInfo fcinfo, bool v1_3)
 {
 	KeySpec		spec = {0};
 	bool		isnull;
 	text	   *mode_text;
+	bool		with_grace = v1_3 && !PG_ARGISNULL(1);
+	int64		grace = 0;
+	bool		old_revoked;
+	Datum		old_expiry;
+	bool		old_expiry_null;
+	TimestampTz old_created;
 
 	spec.now = GetCurrentTimestamp();
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
-	require_key_access(fcinfo, 0);
+	require_key_access_by(v1_3 ? &q_key_access_1_3 : &q_key_access, fcinfo, 0);
+	if (with_grace)
+		grace = check_grace(fcinfo, 1);
+
+	(void) result_value(2, &isnull);
+	old_revoked = !isnull;
+	old_expiry = result_value(6, &old_expiry_null);
+	old_created = DatumGetTimestampTz(result_value(9, &isnull));
+	if (v1_3)
+	{
+		spec.with_policy = true;
+		spec.allowed_ips = result_value(10, &spec.allowed_ips_null);
+		spec.rate_limit = result_value(11, &spec.rate_limit_null);
+	}
 
 	spec.org_id = result_value(1, &isnull);
 	spec.scopes = result_value(3, &spec.scopes_null);
@@ -697,14 +873,50 @@ apikey_replace_body(PG_FUNCTION_ARGS)
 	spec.active = DatumGetInt64(result_value(1, &isnull));
 	create_key((ReturnSetInfo *) fcinfo->resultinfo, &spec);
 
+	if (with_grace && !old_revoked)
+	{
+		TimestampTz end = GetCurrentTransactionStartTimestamp() + grace;
+
+		if (end <= old_created)
+			end = old_created + 1;
+		if (old_expiry_null || end < DatumGetTimestampTz(old_expiry))
+		{
+			Datum		args[2];
+
+			args[0] = PG_GETARG_DATUM(0);
+			args[1] = TimestampTzGetDatum(end);
+			flwl_query_exec(&q_set_expiry, args, NULL, false, 0);
+		}
+	}
+
 	SPI_finish();
 	return (Datum) 0;
 }
 
+static Datum
+apikey_replace_body(PG_FUNCTION_ARGS)
+{
+	return replace_key(fcinfo, false);
+}
+
+static Datum
+apikey_replace_1_3_body(PG_FUNCTION_ARGS)
+{
+	return replace_key(fcinfo, true);
+}
+
+/* Versions 1.0 to 1.2: apikey_replace(old_key_id uuid) */
 Datum
 flowella_apikey_replace(PG_FUNCTION_ARGS)
 {
 	return flwl_run_api(fcinfo, apikey_replace_body);
+}
+
+/* 1.3 on: apikey_replace(old_key_id uuid, grace interval) */
+Datum
+flowella_apikey_replace_1_3(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, apikey_replace_1_3_body);
 }
 
 /*---- Key changes ----*/
@@ -763,14 +975,8 @@ apikey_set_scopes_body(PG_FUNCTION_ARGS)
 	bool		isnull;
 
 	SPI_connect();
-	require_key_access(fcinfo, 0);
-
-	(void) result_value(2, &isnull);
-	if (!isnull)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("cannot change the scopes of a revoked API key"),
-				 errdetail("A revoked key stays as it was when revoked.")));
+	require_unrevoked_key(fcinfo, 0, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+						  "scopes");
 
 	args[0] = PG_GETARG_DATUM(0);
 	if (PG_ARGISNULL(1))
@@ -793,11 +999,48 @@ flowella_apikey_set_scopes(PG_FUNCTION_ARGS)
 }
 
 /*
- * apikey_list(org_id uuid): every key of the org, newest first, revoked and
- * expired ones included; never hash or token.
+ * apikey_set_policy(key_id uuid, allowed_ips cidr[],
+ *					 rate_limit_per_minute integer) returns void
+ *
+ * NULL lifts either restriction.  Refused (22023) on a revoked key, which
+ * stays as it was when revoked.  Setting the policy a key already has
+ * changes nothing and is not audited.
  */
 static Datum
-apikey_list_body(PG_FUNCTION_ARGS)
+apikey_set_policy_body(PG_FUNCTION_ARGS)
+{
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
+
+	SPI_connect();
+	require_unrevoked_key(fcinfo, 0, ERRCODE_INVALID_PARAMETER_VALUE, "policy");
+	check_policy(fcinfo, 1);
+
+	args[0] = PG_GETARG_DATUM(0);
+	for (int i = 1; i <= 2; i++)
+	{
+		args[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
+	}
+	flwl_query_exec(&q_set_policy, args, nulls, false, 0);
+
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+Datum
+flowella_apikey_set_policy(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, apikey_set_policy_body);
+}
+
+/*
+ * apikey_list(org_id uuid): every key of the org, newest first, revoked and
+ * expired ones included; never hash or token.  From 1.3 on, each key's
+ * policy follows (q_list_1_3).
+ */
+static Datum
+list_keys(FunctionCallInfo fcinfo, FlwlQuery *q)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Datum		args[2];
@@ -808,7 +1051,7 @@ apikey_list_body(PG_FUNCTION_ARGS)
 
 	args[0] = PG_GETARG_DATUM(0);
 	args[1] = TimestampTzGetDatum(GetCurrentTimestamp());
-	flwl_query_exec(&q_list, args, NULL, true, 0);
+	flwl_query_exec(q, args, NULL, true, 0);
 	for (uint64 i = 0; i < SPI_processed; i++)
 		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
 
@@ -816,10 +1059,30 @@ apikey_list_body(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+static Datum
+apikey_list_body(PG_FUNCTION_ARGS)
+{
+	return list_keys(fcinfo, &q_list);
+}
+
+static Datum
+apikey_list_1_3_body(PG_FUNCTION_ARGS)
+{
+	return list_keys(fcinfo, &q_list_1_3);
+}
+
+/* Versions 1.0 to 1.2: twelve columns */
 Datum
 flowella_apikey_list(PG_FUNCTION_ARGS)
 {
 	return flwl_run_api(fcinfo, apikey_list_body);
+}
+
+/* 1.3 on: the policy columns too */
+Datum
+flowella_apikey_list_1_3(PG_FUNCTION_ARGS)
+{
+	return flwl_run_api(fcinfo, apikey_list_1_3_body);
 }
 
 /*---- Provisioning ----*/

@@ -12,6 +12,13 @@
  * READ transaction.  It never raises for any text input: anything that does
  * not parse as a token answers MALFORMED before a table is touched.
  *
+ * One C function serves every schema version: 1.0 to 1.2 declare it with
+ * two arguments and a six-column result, 1.3 with the client's address and
+ * eight columns (ratelimit_remaining, retry_after_ms).  It reads the third
+ * argument only when called with one and fills the last two columns only
+ * when the result has them; a keys table without the policy columns (a
+ * schema not yet updated to 1.3) has no policy.
+ *
  * The verify path keeps three per-backend caches: the OIDs and column
  * numbers of its relations (vrels), each organisation's plan scopes (the
  * plan cache) and the descriptor of its result row.  Their invalidation
@@ -45,6 +52,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation_d.h"
+#include "catalog/pg_type_d.h"
 #include "commands/trigger.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
@@ -85,6 +93,8 @@ typedef struct VerifyRels
 	AttrNumber	k_scopes;
 	AttrNumber	k_expires_at;
 	AttrNumber	k_revoked_at;
+	AttrNumber	k_allowed_ips;	/* InvalidAttrNumber before 1.3 */
+	AttrNumber	k_rate_limit;	/* likewise */
 	AttrNumber	o_plan;
 	AttrNumber	p_scopes;
 } VerifyRels;
@@ -125,12 +135,28 @@ typedef enum VerifyCode
 	VC_NOT_FOUND,
 	VC_REVOKED,
 	VC_EXPIRED,
-	VC_INSUFFICIENT_SCOPE
+	VC_INSUFFICIENT_SCOPE,
+	VC_IP_DENIED,
+	VC_RATE_LIMITED
 } VerifyCode;
 
 static const char *const verify_code_names[] = {
-	"VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE"
+	"VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE",
+	"IP_DENIED", "RATE_LIMITED"
 };
+
+/* The rate-limit columns of a result (1.3 on), NULL when not set. */
+typedef struct RateAnswer
+{
+	bool		has_remaining;
+	int32		remaining;
+	bool		has_retry;
+	int32		retry_after_ms;
+} RateAnswer;
+
+/* The columns of flowella.verification before and from 1.3. */
+#define VERIFY_NATTS_1_0	6
+#define VERIFY_NATTS_1_3	8
 
 static text *verify_code_texts[lengthof(verify_code_names)];
 static text *mode_texts[FLWL_MODE_TEST + 1];
@@ -162,10 +188,12 @@ static void plan_cache_reset(void);
 static void plan_cache_unpin(void);
 static const FlwlScopeSet *plan_scopes_of_org(Datum org_id, Snapshot snapshot);
 static TupleDesc verification_desc(FunctionCallInfo fcinfo);
+static bool client_ip_allowed(Datum allowed_ips, FunctionCallInfo fcinfo);
 static Datum verify_body(FunctionCallInfo fcinfo);
 static Datum verification_result(FunctionCallInfo fcinfo, VerifyCode code,
 								 Datum key_id, Datum org_id, Datum scopes,
-								 bool scopes_null, FlwlMode mode);
+								 bool scopes_null, FlwlMode mode,
+								 const RateAnswer *rate);
 
 
 /*
@@ -294,6 +322,13 @@ vrels_attnum(Oid relid, const char *name)
 	return attnum;
 }
 
+/* A column of a later version: InvalidAttrNumber when not there yet. */
+static AttrNumber
+vrels_attnum_since(Oid relid, const char *name)
+{
+	return get_attnum(relid, name);
+}
+
 /*
  * Look the relations up by name in schema flowella.  The schema name is
  * fixed (the extension is not relocatable) and the install script refuses a
@@ -326,6 +361,8 @@ retry:
 	r.k_scopes = vrels_attnum(r.keys, "scopes");
 	r.k_expires_at = vrels_attnum(r.keys, "expires_at");
 	r.k_revoked_at = vrels_attnum(r.keys, "revoked_at");
+	r.k_allowed_ips = vrels_attnum_since(r.keys, "allowed_ips");
+	r.k_rate_limit = vrels_attnum_since(r.keys, "rate_limit_per_minute");
 	r.o_plan = vrels_attnum(r.orgs, "plan");
 	r.p_scopes = vrels_attnum(r.plans, "scopes");
 	if (generation != vrels_generation)
@@ -575,17 +612,23 @@ verification_desc(FunctionCallInfo fcinfo)
 }
 
 /*
- * Build the flowella.verification row.  scopes may point into the plan
+ * Build the flowella.verification row: six columns, or eight from 1.3 on
+ * (rate may be NULL when both are NULL).  scopes may point into the plan
  * cache, which the caller keeps pinned; heap_form_tuple copies it.
  */
 static Datum
 verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
-					Datum org_id, Datum scopes, bool scopes_null, FlwlMode mode)
+					Datum org_id, Datum scopes, bool scopes_null, FlwlMode mode,
+					const RateAnswer *rate)
 {
 	TupleDesc	tupdesc = verification_desc(fcinfo);
-	Datum		values[6];
-	bool		nulls[6];
+	Datum		values[VERIFY_NATTS_1_3];
+	bool		nulls[VERIFY_NATTS_1_3];
 	bool		known = (key_id != (Datum) 0);
+
+	if (tupdesc->natts != VERIFY_NATTS_1_0 && tupdesc->natts != VERIFY_NATTS_1_3)
+		elog(ERROR, "flowella.verification has %d columns, expected %d or %d",
+			 tupdesc->natts, VERIFY_NATTS_1_0, VERIFY_NATTS_1_3);
 
 	values[0] = BoolGetDatum(code == VC_VALID);
 	nulls[0] = false;
@@ -599,18 +642,57 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 	nulls[4] = scopes_null;
 	values[5] = known ? PointerGetDatum(mode_texts[mode]) : (Datum) 0;
 	nulls[5] = !known;
+	values[6] = Int32GetDatum(rate ? rate->remaining : 0);
+	nulls[6] = !(rate && rate->has_remaining);
+	values[7] = Int32GetDatum(rate ? rate->retry_after_ms : 0);
+	nulls[7] = !(rate && rate->has_retry);
 
 	return HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
 }
 
 /*
- * apikey_verify(token text, required_scope text) returns flowella.verification
+ * Whether the client address (the third argument; none or NULL is denied)
+ * lies in one of the networks of a key's allowlist (<<=, so IPv4 and IPv6
+ * networks each match only their own family).  The allowlist is read while
+ * the caller's slot pins its page; detoasting it may accept invalidations.
+ */
+static bool
+client_ip_allowed(Datum allowed_ips, FunctionCallInfo fcinfo)
+{
+	ArrayType  *arr;
+	Datum	   *nets;
+	bool	   *nulls;
+	int			n;
+	Datum		client;
+	bool		allowed = false;
+
+	if (PG_NARGS() < 3 || PG_ARGISNULL(2))
+		return false;
+	client = PG_GETARG_DATUM(2);
+
+	arr = DatumGetArrayTypeP(allowed_ips);
+	if (ARR_ELEMTYPE(arr) != CIDROID)
+		elog(ERROR, "allowed_ips is not a cidr array");
+	deconstruct_array(arr, CIDROID, -1, false, TYPALIGN_INT, &nets, &nulls, &n);
+	for (int i = 0; i < n && !allowed; i++)
+		allowed = !nulls[i] &&
+			DatumGetBool(DirectFunctionCall2(network_subeq, client, nets[i]));
+	return allowed;
+}
+
+/*
+ * apikey_verify(token text, required_scope text [, client_ip inet])
+ * returns flowella.verification
  *
  * Order of checks: shape and checksum (MALFORMED, no table access), key by
  * prefix and constant-time hash compare (NOT_FOUND either way, so a guess
- * learns nothing), revoked, expired, then scope.  key_id, org_id and mode
- * are returned once the hash matched; scopes only for VALID and
- * INSUFFICIENT_SCOPE.
+ * learns nothing), revoked, expired, scope, the key's IP allowlist
+ * (IP_DENIED), then its rate limit (RATE_LIMITED): only a request that
+ * passes every other check spends from the key's bucket.  key_id, org_id
+ * and mode are returned once the hash matched; scopes from the scope check
+ * on.  ratelimit_remaining is set for VALID (when the limiter knows it) and
+ * RATE_LIMITED (0) answers of a key with a limit, retry_after_ms for
+ * RATE_LIMITED.
  *
  * The plan cache stays pinned for the whole call: the plan's scopes are
  * read from it before the key's scopes and the required scope are detoasted
@@ -650,20 +732,21 @@ verify_body(FunctionCallInfo fcinfo)
 	Datum		d;
 	bool		isnull;
 	TimestampTz now;
+	RateAnswer	rate = {0};
 
 	if (PG_ARGISNULL(0))
-		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
+		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0, NULL);
 
 	/* Anything longer than a token is malformed: do not even detoast it. */
 	if (toast_raw_datum_size(PG_GETARG_DATUM(0)) != VARHDRSZ + FLWL_TOKEN_LEN)
-		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
+		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0, NULL);
 
 	token = PG_GETARG_TEXT_PP(0);
 	tok = VARDATA_ANY(token);
 	len = VARSIZE_ANY_EXHDR(token);
 	mode = flwl_token_parse(tok, len);
 	if (mode == FLWL_MODE_INVALID)
-		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0);
+		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0, NULL);
 
 	flwl_token_hash(tok, len, hash);
 
@@ -722,9 +805,36 @@ verify_body(FunctionCallInfo fcinfo)
 					!flwl_scope_set_has(&effective,
 										PointerGetDatum(PG_GETARG_TEXT_PP(1))))
 					code = VC_INSUFFICIENT_SCOPE;
-				else
-					flwl_usage_record(DatumGetUUIDP(key_id), now);
 			}
+
+			/* the key's policy: no columns (before 1.3) or NULL, none */
+			if (code == VC_VALID && r.k_allowed_ips != InvalidAttrNumber)
+			{
+				d = slot_getattr(slot, r.k_allowed_ips, &isnull);
+				if (!isnull && !client_ip_allowed(d, fcinfo))
+					code = VC_IP_DENIED;
+			}
+			if (code == VC_VALID && r.k_rate_limit != InvalidAttrNumber)
+			{
+				d = slot_getattr(slot, r.k_rate_limit, &isnull);
+				if (!isnull)
+				{
+					if (flwl_ratelimit_take(DatumGetUUIDP(key_id), DatumGetInt32(d),
+											now, &rate.remaining,
+											&rate.retry_after_ms))
+						rate.has_remaining = (rate.remaining >= 0);
+					else
+					{
+						code = VC_RATE_LIMITED;
+						rate.has_remaining = true;
+						rate.remaining = 0;
+						rate.has_retry = true;
+					}
+				}
+			}
+
+			if (code == VC_VALID)
+				flwl_usage_record(DatumGetUUIDP(key_id), now);
 		}
 	}
 
@@ -739,5 +849,5 @@ verify_body(FunctionCallInfo fcinfo)
 		sodium_memzero(token, VARSIZE_ANY(token));
 
 	return verification_result(fcinfo, code, key_id, org_id, scopes,
-							   scopes_null, mode);
+							   scopes_null, mode, &rate);
 }

@@ -30,22 +30,40 @@ SELECT * FROM flowella.apikey_verify(:'token', 'messages:send');
 SELECT code FROM flowella.apikey_verify(:'token', 'analytics:read');
 SELECT code FROM flowella.apikey_verify('flwl_live_not-a-real-token');
 
-\echo '== 4. the owner lists the keys'
+\echo '== 4. the owner allows the key from the office network only, 2 requests a minute'
 SET ROLE demo_backend;
 BEGIN;
 SELECT flowella.set_actor('a0000000-0000-4000-8000-000000000001') \gset
-SELECT label, prefix, scopes, created_by, last_used_at, status
+SELECT flowella.apikey_set_policy(:'key_id', ARRAY['203.0.113.0/24']::cidr[], 2) \gset
+COMMIT;
+SET ROLE demo_api;
+-- the API passes the client's address: outside the network -> IP_DENIED (403)
+SELECT code, ratelimit_remaining FROM flowella.apikey_verify(:'token', 'messages:send', '198.51.100.20');
+-- inside: two requests pass (a backend sends ratelimit_remaining as a
+-- remaining-requests header), the third in the same minute is RATE_LIMITED
+-- (429, Retry-After from retry_after_ms)
+SELECT code, ratelimit_remaining FROM flowella.apikey_verify(:'token', 'messages:send', '203.0.113.20');
+SELECT code, ratelimit_remaining FROM flowella.apikey_verify(:'token', 'messages:send', '203.0.113.20');
+SELECT code, ratelimit_remaining, retry_after_ms > 0 AS retry_later
+  FROM flowella.apikey_verify(:'token', 'messages:send', '203.0.113.20');
+
+\echo '== 5. the owner lists the keys'
+SET ROLE demo_backend;
+BEGIN;
+SELECT flowella.set_actor('a0000000-0000-4000-8000-000000000001') \gset
+SELECT label, prefix, scopes, created_by, last_used_at, status, allowed_ips,
+       rate_limit_per_minute
   FROM flowella.apikey_list(:'org_id');
 
-\echo '== 5. ... revokes the key'
+\echo '== 6. ... revokes the key'
 SELECT flowella.apikey_revoke(:'key_id') IS NOT NULL AS revoked;
 COMMIT;
 
-\echo '== 6. the next request with that token is refused'
+\echo '== 7. the next request with that token is refused'
 SET ROLE demo_api;
 SELECT valid, code FROM flowella.apikey_verify(:'token');
 
-\echo '== 7. the audit trail (what the org owner may review on this plan)'
+\echo '== 8. the audit trail (what the org owner may review on this plan)'
 SET ROLE demo_backend;
 BEGIN;
 SELECT flowella.set_actor('a0000000-0000-4000-8000-000000000001') \gset
@@ -54,5 +72,5 @@ SELECT event_id, action, actor_ip, trace_context IS NOT NULL AS traced,
   FROM flowella.audit_events ORDER BY event_id;
 COMMIT;
 RESET ROLE;
-\echo '== 8. no table holds the token: only its SHA-256'
+\echo '== 9. no table holds the token: only its SHA-256'
 SELECT prefix, length(secret_hash) AS hash_bytes FROM flowella.api_keys;

@@ -1,11 +1,14 @@
 # Upgrades.  A database created at each landed version has exactly the
 # objects its users had (t/data/catalog-<version>.txt, the catalog listing
 # of an install of that version).
-# ALTER EXTENSION flowella_apikey UPDATE, from 1.0 and from 1.1, gives the
+# Until it is updated, a database on an old version works with the current
+# library as it did (old result shapes, old signatures).
+# ALTER EXTENSION flowella_apikey UPDATE, from 1.0, 1.1 and 1.2, gives the
 # same objects as a fresh install of the current version (compared as
 # catalog listings: every member object with its definition, ACL and
 # flags), keeps every key, token, audit record and last use as it was, and
-# the API then works on the updated database as on a fresh one.
+# the API then works on the updated database as on a fresh one, the
+# per-key policy and rotation with a grace period included.
 use strict;
 use warnings;
 use File::Basename qw(dirname);
@@ -22,9 +25,16 @@ my $default_version = $node->safe_psql('postgres',
 	"SELECT default_version FROM pg_available_extensions WHERE name = 'flowella_apikey'");
 isnt($default_version, '1.0', "the current version ($default_version) is not 1.0");
 isnt($default_version, '1.1', "the current version ($default_version) is not 1.1");
+isnt($default_version, '1.2', "the current version ($default_version) is not 1.2");
 
 my $owner = 'e1000000-0000-4000-8000-000000000001';
 my $admin = 'e1000000-0000-4000-8000-000000000002';
+
+sub last_line
+{
+	my ($out) = @_;
+	return (split /\n/, $out)[-1];
+}
 
 sub extversion
 {
@@ -64,7 +74,7 @@ for my $version ('1.1', '1.2')
 # A database on each old version with keys in every state, member changes,
 # audit records and last uses; its data is snapshot before the update.
 my %old;
-for my $from ('1.0', '1.1')
+for my $from ('1.0', '1.1', '1.2')
 {
 	(my $db = "old_$from") =~ s/\./_/;
 	$node->safe_psql('postgres', "CREATE DATABASE $db");
@@ -98,12 +108,38 @@ for my $from ('1.0', '1.1')
 		  FROM flowella.api_keys WHERE label = 'key 2';
 		COMMIT;
 	});
+
+	# The current library serves the old schema with its old shapes:
+	# apikey_list's twelve columns, verify's six, replace's one argument.
+	is(last_line($node->safe_psql($db, qq{
+			BEGIN;
+			SELECT flowella.set_actor('$owner');
+			SELECT count(*) FROM json_object_keys((
+				SELECT row_to_json(l) FROM flowella.apikey_list((SELECT org_id FROM flowella.orgs)) l
+				 LIMIT 1));
+			COMMIT;})),
+		'12', "on $from, before the update: apikey_list has its twelve columns");
+	is($node->safe_psql($db, qq{
+			SELECT count(*) FROM json_object_keys((
+				SELECT row_to_json(v) FROM flowella.apikey_verify('$tokens[2]', 'messages:read') v))}),
+		'6', "on $from, before the update: apikey_verify answers its six columns");
+	like($node->safe_psql($db, qq{
+			BEGIN;
+			SELECT flowella.set_actor('$owner');
+			SELECT prefix FROM flowella.apikey_replace(
+				(SELECT key_id FROM flowella.api_keys WHERE label = 'key 1'));
+			COMMIT;}),
+		qr/flwl_live_/, "on $from, before the update: apikey_replace(old_key_id) works");
+
 	verify_uses($node, $db, \@tokens, 3);
 	my %snap = snapshot_queries(@tokens);
 	my %before = take_snapshot($node, $db, %snap);
 	like($before{verify}, qr/REVOKED.*VALID.*VALID.*VALID/s, "tokens verify on $from");
+	is($node->safe_psql($db, 'SELECT count(*) FROM flowella.api_keys'), '5',
+		"$from: five keys before the update");
 	like($before{audit}, qr/key\.created.*key\.revoked.*key\.scopes_changed/s,
 		"audit records on $from");
+	$before{tokens} = \@tokens;
 	$old{$from} = { db => $db, snap => \%snap, before => \%before };
 }
 
@@ -167,6 +203,44 @@ for my $from (sort keys %old)
 		"updated from $from: audit records after the update: one per change, attributed, numbered on");
 	is($node->safe_psql($db, "SELECT code FROM flowella.apikey_verify('$new_token')"),
 		'REVOKED', "updated from $from: a revoke after the update is immediate");
+
+	# 1.3 on the updated database: a key from before the update gets a
+	# policy, verify applies it (a 1.1-style call has no client address),
+	# a rotation with grace moves its expiry, each change audited.
+	$max_event = $node->safe_psql($db, 'SELECT max(event_id) FROM flowella.audit_records');
+	$node->safe_psql($db, qq{
+		BEGIN;
+		SELECT flowella.set_actor('$owner');
+		SELECT flowella.apikey_set_policy(key_id, ARRAY['192.0.2.0/24']::cidr[], NULL)
+		  FROM flowella.api_keys WHERE label = 'key 4' AND replaces_key_id IS NULL;
+		COMMIT;
+	});
+	my $t4 = $before->{tokens}[3];
+	is($node->safe_psql($db, qq{
+			SELECT string_agg(code, ' ' ORDER BY n) FROM (
+				SELECT 1 AS n, code FROM flowella.apikey_verify('$t4', 'messages:read', '192.0.2.9')
+				UNION ALL SELECT 2, code FROM flowella.apikey_verify('$t4', 'messages:read', '198.51.100.9')
+				UNION ALL SELECT 3, code FROM flowella.apikey_verify('$t4', 'messages:read')) v}),
+		'VALID IP_DENIED IP_DENIED', "updated from $from: verify applies the allowlist of an old key");
+	$out = $node->safe_psql($db, qq{
+		BEGIN;
+		SELECT flowella.set_actor('$owner');
+		SELECT count(*) FROM flowella.apikey_replace(
+			(SELECT key_id FROM flowella.api_keys WHERE label = 'key 4' AND replaces_key_id IS NULL),
+			interval '1 hour');
+		COMMIT;
+	});
+	is($node->safe_psql($db, qq{
+			SELECT n.allowed_ips::text || ' ' || (o.expires_at <= now() + interval '1 hour')
+			  FROM flowella.api_keys n JOIN flowella.api_keys o ON o.key_id = n.replaces_key_id
+			 WHERE o.label = 'key 4' AND o.replaces_key_id IS NULL}),
+		'{192.0.2.0/24} true',
+		"updated from $from: the replacement of an old key copies its policy; the old one expires within the grace");
+	is($node->safe_psql($db, qq{
+			SELECT string_agg(action, ', ' ORDER BY event_id)
+			  FROM flowella.audit_records WHERE event_id > $max_event}),
+		'key.policy_changed, key.created, key.expiry_changed',
+		"updated from $from: policy change and rotation with grace are audited");
 
 	# The row check is in force on the updated table.
 	my ($ret, $stdout, $stderr) = $node->psql($db, q{
