@@ -232,6 +232,17 @@ AS 'MODULE_PATHNAME', 'flowella_apikey_replace_1_3'
 LANGUAGE C VOLATILE ROWS 1
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
+/*---- Rate limiter counters ----*/
+
+-- Buckets tracked in this server's shared memory, buckets evicted, and
+-- requests let through untracked because the table was full of buckets in
+-- use (flowella.ratelimit_max_keys); NULL and zeros unless preloaded.
+CREATE FUNCTION flowella.ratelimit_stats(OUT tracked_keys bigint, OUT evicted bigint,
+										 OUT untracked bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'flowella_ratelimit_stats'
+LANGUAGE C VOLATILE;
+
 /*---- Grants ----*/
 
 REVOKE ALL ON FUNCTION
@@ -240,8 +251,11 @@ REVOKE ALL ON FUNCTION
 	flowella.apikey_verify(text, text, inet),
 	flowella.apikey_set_policy(uuid, cidr[], integer),
 	flowella.apikey_list(uuid),
-	flowella.apikey_replace(uuid, interval)
+	flowella.apikey_replace(uuid, interval),
+	flowella.ratelimit_stats()
 	FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION flowella.ratelimit_stats() TO flowella_apikey_auditor;
 
 GRANT EXECUTE ON FUNCTION flowella.apikey_verify(text, text, inet)
 	TO flowella_apikey_verifier;

@@ -150,7 +150,7 @@ my ($r1_valid, $r1_29, $r1_null) = split /\|/, $node->safe_psql('postgres', q{
 	SELECT count(*) FILTER (WHERE v.code = 'VALID'),
 		   count(*) FILTER (WHERE v.ratelimit_remaining = 29),
 		   count(*) FILTER (WHERE v.ratelimit_remaining IS NULL)
-	  FROM (SELECT * FROM tokens WHERE name LIKE 'c%' ORDER BY name) t,
+	  FROM (SELECT * FROM tokens WHERE name ~ '^c[0-9]{3}$' ORDER BY name) t,
 		   LATERAL flowella.apikey_verify(t.token) v});
 my $round1_end = time;
 is($r1_valid, 150, 'every key passes, tracked or not');
@@ -171,7 +171,7 @@ usleep(50_000) while time - $round1_end < 3.5;
 my $round2 = $node->safe_psql('postgres', q{
 	SELECT string_agg(v.code || ':' || coalesce(v.ratelimit_remaining::text, 'NULL'),
 					  ' ' ORDER BY t.name DESC)
-	  FROM (SELECT * FROM tokens WHERE name LIKE 'c%' ORDER BY name DESC) t,
+	  FROM (SELECT * FROM tokens WHERE name ~ '^c[0-9]{3}$' ORDER BY name DESC) t,
 		   LATERAL flowella.apikey_verify(t.token) v});
 my @round2 = split / /, $round2;
 is(scalar(grep { /^VALID:/ } @round2), 150, 'idle keys all pass again');
