@@ -62,6 +62,18 @@ CREATE POLICY auditor_read ON flowella.api_key_usage FOR SELECT
 	TO flowella_apikey_auditor USING (true);
 
 /*
+ * Whether set_actor ran in this transaction: apikey_usage runs as its
+ * caller, who may not read the actor itself.
+ */
+CREATE FUNCTION flowella.actor_is_set()
+RETURNS boolean
+LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT flowella.actor_user_id() IS NOT NULL
+$$;
+
+/*
  * apikey_usage: a key's buckets that overlap [since, until] (a bucket
  * covers its minute), in the order of the spec.  It runs as the caller
  * (SECURITY INVOKER), so the policies above decide what it can read: the
@@ -89,10 +101,12 @@ BEGIN
 			USING ERRCODE = '22023',
 				  DETAIL = 'since must not be later than until.';
 	END IF;
-	IF NOT auditor AND flowella.actor_user_id() IS NULL THEN
-		RAISE EXCEPTION 'no actor is set for this transaction'
-			USING ERRCODE = '42501',
-				  HINT = 'Call flowella.set_actor at the start of the transaction.';
+	IF NOT auditor THEN
+		IF NOT flowella.actor_is_set() THEN
+			RAISE EXCEPTION 'no actor is set for this transaction'
+				USING ERRCODE = '42501',
+					  HINT = 'Call flowella.set_actor at the start of the transaction.';
+		END IF;
 	END IF;
 	IF NOT EXISTS (SELECT 1 FROM flowella.api_keys k
 					WHERE k.key_id OPERATOR(pg_catalog.=) $1
@@ -130,9 +144,11 @@ REVOKE TRUNCATE ON flowella.api_key_usage FROM CURRENT_USER;
 REVOKE ALL ON TYPE flowella.api_key_usage FROM PUBLIC;
 REVOKE ALL ON FUNCTION flowella.apikey_usage(uuid, timestamptz, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION flowella.usage_stats() FROM PUBLIC;
+REVOKE ALL ON FUNCTION flowella.actor_is_set() FROM PUBLIC;
 GRANT SELECT ON flowella.api_key_usage TO flowella_apikey_manager, flowella_apikey_auditor;
 GRANT EXECUTE ON FUNCTION flowella.apikey_usage(uuid, timestamptz, timestamptz)
 	TO flowella_apikey_manager, flowella_apikey_auditor;
 GRANT EXECUTE ON FUNCTION flowella.usage_stats() TO flowella_apikey_auditor;
+GRANT EXECUTE ON FUNCTION flowella.actor_is_set() TO flowella_apikey_manager;
 
 SELECT pg_catalog.pg_extension_config_dump('flowella.api_key_usage', '');
