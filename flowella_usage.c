@@ -1556,7 +1556,7 @@ prune_usage(void)
 										   " WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
 										   "   SELECT ctid FROM flowella.api_key_usage"
 										   "    WHERE minute OPERATOR(pg_catalog.<)"
-										   "          pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval"
+										   "          (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)"
 										   "    LIMIT " CppAsString2(USAGE_PRUNE_BATCH) "))",
 										   1, (Oid[]) {TEXTOID}, &arg, NULL, false, 0)
 					 != SPI_OK_DELETE)
