@@ -97,6 +97,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
 #include "commands/extension.h"
+#include "common/controldata_utils.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -448,7 +449,7 @@ typedef struct UsageDumpBucket
 
 /*
  * on_shmem_exit in the postmaster: after a clean shutdown (every backend
- * and worker is gone), write the pending last uses and counts to
+ * and worker is gone, the shutdown checkpoint written), write the pending last uses and counts to
  * USAGE_DUMP_FILE.  After a crash (code != 0) nothing is written: shared
  * memory is not to be trusted then.
  */
@@ -463,7 +464,21 @@ usage_shmem_shutdown(int code, Datum arg)
 	BucketEntry *bucket;
 	uint32		trailer = USAGE_DUMP_MAGIC;
 
+	ControlFileData *control;
+	bool		crc_ok;
+
 	if (code != 0 || usage == NULL || usage_hash == NULL || bucket_hash == NULL)
+		return;
+
+	/*
+	 * An immediate stop exits with code 0 too, but its workers were killed
+	 * wherever they were (one between its commit and its subtraction would
+	 * have its counts written twice): only a shutdown checkpoint says the
+	 * stop was clean.
+	 */
+	control = get_controlfile(DataDir, &crc_ok);
+	if (!crc_ok || (control->state != DB_SHUTDOWNED &&
+					control->state != DB_SHUTDOWNED_IN_RECOVERY))
 		return;
 
 	file = AllocateFile(tmp, PG_BINARY_W);

@@ -53,7 +53,7 @@ sub wait_written
 my $calls = $node->safe_psql('postgres', q{
 	SELECT count(*) FROM tokens t, generate_series(1, 50) ip, generate_series(1, 2) r,
 		   LATERAL verify_from(t.token, 'messages:send',
-							   ('10.1.0.' || ip)::inet) v
+							   ('10.1.0.' || ip)::inet + (r * 0)) v
 	 WHERE v.code = 'VALID'});
 is($calls, 2000, '2 000 verifies of 1 000 distinct (key, IP) pairs');
 my ($folded, $overflowed) = split /\|/, $node->safe_psql('postgres',
@@ -74,11 +74,10 @@ ok($node->poll_query_until('postgres',
 
 # 2. A clean restart loses nothing: counts and last uses pending at the
 # stop are saved and written after the start.
-$node->safe_psql('postgres', 'UPDATE tokens SET n = n');    # nothing: a marker
 my $before = table_total();
 my $restart_calls = $node->safe_psql('postgres', q{
 	SELECT count(*) FROM tokens t, generate_series(1, 3) r,
-		   LATERAL verify_from(t.token, NULL, '192.0.2.1') v
+		   LATERAL verify_from(t.token, NULL, '192.0.2.1'::inet + (r * 0)) v
 	 WHERE t.n <= 5 AND v.code = 'VALID'});
 is($restart_calls, 15, '15 more verifies of 5 keys');
 my $last_before = $node->safe_psql('postgres',
@@ -91,7 +90,7 @@ ok(-f $node->data_dir . '/pg_stat/flowella_usage.stat', 'the clean stop saved th
 $node->start;
 ok(!-f $node->data_dir . '/pg_stat/flowella_usage.stat', 'the start loaded and removed the file');
 is($node->safe_psql('postgres', 'SELECT requests_pending FROM flowella.usage_stats()'),
-	'15', 'the pending counts are back');
+	$pending, 'the pending counts are back');
 $node->safe_psql('postgres',
 	'ALTER SYSTEM SET flowella.usage_flush_interval = 1; SELECT pg_reload_conf()');
 wait_written($before + 15, 'after the restart the table has every request');
