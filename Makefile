@@ -29,7 +29,7 @@ SHLIB_LINK += -lsodium
 # README: scripts/test.sh wraps it in pg_virtualenv).  setup runs first and
 # creates the extension, test roles and plans the other files use.
 REGRESS = setup tokens create verify hostile actor provisioning revoke scopes replace list \
-	security immutability audit usage policy rotation
+	security immutability audit usage usage_history policy rotation
 ISOLATION = revoke_verify concurrent_create last_owner
 
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers

@@ -130,9 +130,17 @@ extern const char *flwl_rate_limit_problem(int32 limit);
 /* The verify path (flowella_verify.c) */
 extern void flwl_verify_init(void);
 
-/* Last-used tracking (flowella_usage.c) */
+/*
+ * The usage pipeline (flowella_usage.c): flwl_usage_count counts one
+ * request of a key that verify identified, answered with code (its name),
+ * in its per-minute bucket by client IP and required scope (NULL when not
+ * given), and notes a VALID one as the key's last use.  No table write, no
+ * lock wait, no palloc.
+ */
 extern void flwl_usage_init(void);
-extern void flwl_usage_record(const pg_uuid_t *key_id, TimestampTz when);
+extern void flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when,
+							 const char *code, const inet *client_ip,
+							 const text *scope);
 
 /*
  * Per-key rate limits (flowella_ratelimit.c): a token bucket per key in

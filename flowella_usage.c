@@ -1,61 +1,110 @@
 /*-------------------------------------------------------------------------
  *
  * flowella_usage.c
- *		Last-used tracking: apikey_verify notes each successful use in shared
- *		memory, and a background worker writes them to api_keys.last_used_at
- *		at most once per key per flush interval.
+ *		The usage pipeline: apikey_verify counts each request of a known key
+ *		in per-minute buckets in shared memory and notes each successful use;
+ *		background workers write both to the database.
  *
  * So verify never writes a row, never waits on a row lock and works in READ
- * ONLY transactions and on hot standbys (which record nothing: they cannot
- * write), while a key used 2 000 times a minute costs one row update a
- * minute.
+ * ONLY transactions, while a key used 2 000 times a minute costs one row
+ * update of api_keys a minute.  A hot standby records nothing (it cannot
+ * write; forwarding its counts to the primary is for later).
  *
- * Shared state: a fixed-size hash table of (database, key) -> latest use,
- * sized by flowella.usage_max_keys, under one LWLock.  Recording a key
- * already present takes the lock shared and the entry's spinlock; adding one
- * takes it exclusive.  The flusher takes it exclusive only to move its
- * database's entries out.  The table never grows past usage_max_keys entries
- * nor beyond the shared memory reserved for it at start (HASH_FIXED_SIZE):
- * when it is full a new key's use is dropped (counted in usage_stats) and
- * recorded at its next use after a flush.
+ * Shared state, under one LWLock (usage->lock), two fixed-size hash tables
+ * (HASH_FIXED_SIZE: neither ever takes more than the shared memory reserved
+ * at start, so they cannot starve the lock table of the cluster):
+ *
+ * - buckets: (database, key, minute, client IP, scope, code) -> requests,
+ *   at most flowella.usage_max_buckets entries.  The IP is kept in inet's
+ *   binary form (family 0 = no IP given), the scope as its bytes when it is
+ *   a well-formed scope name (at most 64 bytes, never token-shaped), else it
+ *   counts as no scope.  Counting a request of an existing bucket takes the
+ *   lock shared and adds to the entry's atomic counter; a new bucket takes
+ *   the lock exclusive.
+ * - last uses: (database, key) -> latest successful use, at most
+ *   flowella.usage_max_keys entries (beyond it a use is dropped and
+ *   counted, as before 1.3); the same verify call updates it, under the
+ *   same lock acquisition.
+ *
+ * Counts are exact.  Detailed buckets (with an IP or a scope) may fill the
+ * table only up to three quarters of it; past that a request is folded into
+ * its key's coarse bucket (key, minute, no IP, no scope, code), which may
+ * use the last quarter, and the launcher is woken for an early round that
+ * writes buckets only.  A request that finds even that reserve full is
+ * counted in usage_stats().requests_overflowed and the launcher logs how
+ * many such requests a round saw: the count leaves the table only in that
+ * logged, visible way, never silently.
+ *
+ * Exactly once: a flush worker copies its database's buckets (counts read
+ * atomically), writes them with INSERT ... ON CONFLICT DO UPDATE SET
+ * requests = requests + excluded.requests in one transaction and only after
+ * its commit subtracts the amounts it wrote from the entries (removing
+ * those that reach zero, under the exclusive lock), so requests counted
+ * meanwhile stay pending.  A flush that fails before its commit subtracts
+ * nothing (the counts are written by a later round); nothing between the
+ * commit and the subtraction can raise or take an interrupt.  A crash
+ * resets shared memory, so it may lose the pending counts but never write
+ * one twice.
+ *
+ * A clean shutdown keeps what is pending: the postmaster writes both tables
+ * to pg_stat/flowella_usage.stat at exit (pg_stat_statements' way: a
+ * versioned header, written to a temporary file and renamed), and the next
+ * start loads and removes it.  A crash skips the dump; the file of a
+ * previous clean shutdown was removed when it was loaded, so it can never
+ * be counted twice.  A file that does not read back is logged and ignored.
  *
  * Workers, the pg_cron way: the "flowella usage launcher" (static,
  * connected to shared catalogs only) wakes every flush interval and starts
  * one short-lived "flowella usage flush" worker per database with pending
- * uses, dropping those of databases that no longer exist; that worker updates
- * the rows in one transaction, skipping rows locked by others (they stay
- * pending for the next round), and exits.  A use that USAGE_MAX_RETRIES
- * rounds fail to write is given up, whatever the failure: a locked row, a
- * flush that raised an error, or a worker that never settled its round
- * (it could not start or connect; the launcher counts that round itself).
- * The launcher ignores SIGINT: it runs no statement to cancel.
+ * counts or uses, dropping those of databases that no longer exist.  That
+ * worker writes the buckets (one transaction), then the last uses (another,
+ * skipping rows locked by others: they stay pending for the next round),
+ * then deletes buckets older than flowella.usage_retention in batches of
+ * USAGE_PRUNE_BATCH rows, each batch its own transaction, for at most
+ * USAGE_PRUNE_BUDGET_MS.  An early round (the bucket table filling) starts
+ * workers that write buckets only: last_used_at is written by the regular
+ * rounds alone, a whole interval apart, so a key is still written at most
+ * once per interval.  A use that USAGE_MAX_RETRIES rounds fail to write is
+ * given up, whatever the failure: a locked row, a flush that raised an
+ * error, or a worker that never settled its round (it could not start or
+ * connect; the launcher counts that round itself).  Buckets are never given
+ * up: a bucket flush that fails is retried every round.  In a database
+ * whose schema predates 1.3 (no usage table) or whose extension was
+ * dropped, buckets have nowhere to go: they are discarded and counted
+ * (requests_discarded).  The launcher ignores SIGINT: it runs no statement
+ * to cancel.
  *
  * The flush worker is the bootstrap superuser, but it connects with the
  * database's own settings, and its search_path is the database owner's to
  * set (ALTER DATABASE ... SET search_path), superuser or not.  So its
  * queries name every operator, function and type with its schema, and its
- * transaction runs with search_path pinned to pg_catalog, pg_temp
+ * transactions run with search_path pinned to pg_catalog, pg_temp
  * (flwl_pin_search_path): nothing it runs, nor the triggers and checks its
- * update fires, can resolve to an object the owner planted.
+ * writes fire, can resolve to an object the owner planted.
  *
  * Without shared_preload_libraries none of this exists: verify records
- * nothing and last_used_at stays as it is (documented degradation; verify
- * neither blocks nor fails).
+ * nothing, last_used_at stays as it is and no usage is recorded
+ * (documented degradation; verify neither blocks nor fails).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include <unistd.h>
+
 #include "access/xact.h"
 #include "access/xlog.h"
-#include "commands/extension.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type_d.h"
+#include "commands/extension.h"
+#include "common/controldata_utils.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -66,6 +115,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inet.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -73,17 +123,46 @@
 #include "utils/timestamp.h"
 
 #include "flowella_apikey.h"
+#include "flowella_token.h"
 
 /*---- GUC variables ----*/
 
 static int	usage_max_keys = 10000;
+static int	usage_max_buckets = 50000;
 static int	usage_flush_interval = 60;	/* seconds */
+static char *usage_retention = NULL;	/* an interval, "90 days" */
 
 /*
  * A use that this many flush rounds failed to write (row locked, flush
  * failed, worker unable to connect) is given up.
  */
 #define USAGE_MAX_RETRIES	5
+
+/* Retention: rows deleted per transaction, and time spent per round. */
+#define USAGE_PRUNE_BATCH		1000
+#define USAGE_PRUNE_BUDGET_MS	2000
+
+/* Early rounds (the bucket table filling) start at most this often. */
+#define USAGE_EARLY_GAP_MS		1000
+
+/* Longest scope name kept in a bucket (the scope-name rule's bound). */
+#define USAGE_SCOPE_MAX		64
+
+/* The file of pending counts kept over a clean restart. */
+#define USAGE_DUMP_FILE		PGSTAT_STAT_PERMANENT_DIRECTORY "/flowella_usage.stat"
+#define USAGE_DUMP_MAGIC	0x464c5755	/* "FLWU" */
+#define USAGE_DUMP_FORMAT	1
+
+/*
+ * Codes counted, by their index in a bucket.  MALFORMED and NOT_FOUND
+ * identify no key and are never counted.
+ */
+static const char *const usage_code_names[] = {
+	"VALID", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE", "IP_DENIED",
+	"RATE_LIMITED"
+};
+
+#define USAGE_CODE_VALID	0
 
 /*---- Shared state ----*/
 
@@ -101,19 +180,48 @@ typedef struct UsageEntry
 	int			retries;		/* flush rounds that did not write it */
 } UsageEntry;
 
+/* A bucket's identity; zeroed before it is filled (HASH_BLOBS compares all). */
+typedef struct BucketKey
+{
+	Oid			dbid;
+	uint8		code;			/* index into usage_code_names */
+	uint8		ip_family;		/* PGSQL_AF_INET(6), or 0: no client IP */
+	uint8		ip_bits;
+	uint8		scope_len;		/* 0: no scope */
+	pg_uuid_t	key_id;
+	TimestampTz minute;
+	unsigned char ip[16];
+	char		scope[USAGE_SCOPE_MAX];
+} BucketKey;
+
+typedef struct BucketEntry
+{
+	BucketKey	key;			/* hash key: must be first */
+	pg_atomic_uint64 requests;	/* counted, not yet written */
+} BucketEntry;
+
 typedef struct UsageShared
 {
-	LWLock	   *lock;			/* protects the hash table's membership */
+	LWLock	   *lock;			/* protects both tables' membership */
 	pg_atomic_uint64 recorded;	/* uses noted */
 	pg_atomic_uint64 dropped;	/* uses lost to a full table */
 	pg_atomic_uint64 flushed;	/* rows updated by flushes */
-	pg_atomic_uint64 flushes;	/* flush transactions committed */
+	pg_atomic_uint64 flushes;	/* flush workers that ran */
+	pg_atomic_uint64 counted;	/* requests counted (and loaded) */
+	pg_atomic_uint64 written;	/* requests written to the usage table */
+	pg_atomic_uint64 folded;	/* requests folded into a coarse bucket */
+	pg_atomic_uint64 overflowed;	/* requests no bucket could take */
+	pg_atomic_uint64 discarded; /* requests with no usage table to go to */
+	pg_atomic_uint64 pruned;	/* usage rows deleted by retention */
+	pg_atomic_uint32 wake_wanted;	/* an early round is asked for */
+	Latch	   *launcher_latch; /* set by the launcher */
 	Oid			round_done;		/* set by a flush worker that did its
 								 * accounting; launcher only otherwise */
 } UsageShared;
 
 static UsageShared *usage = NULL;
 static HTAB *usage_hash = NULL;
+static HTAB *bucket_hash = NULL;
 
 #if PG_VERSION_NUM >= 150000
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -127,10 +235,15 @@ PG_FUNCTION_INFO_V1(flowella_usage_stats);
 PGDLLEXPORT void flowella_usage_launcher_main(Datum main_arg);
 PGDLLEXPORT void flowella_usage_flush_main(Datum main_arg);
 
+static bool usage_retention_check(char **newval, void **extra, GucSource source);
 static Size usage_memsize(void);
 static void usage_shmem_request(void);
 static void usage_shmem_startup(void);
-static void usage_put(const UsageKey *key, TimestampTz when);
+static void usage_shmem_shutdown(int code, Datum arg);
+static void usage_load(void);
+static bool lastuse_put_locked(const UsageKey *key, TimestampTz when);
+static void bucket_add_locked(const BucketKey *key, uint64 n, bool *folded);
+static void wake_launcher(void);
 static void entry_round_failed(UsageEntry *entry);
 static void database_round_failed(Oid dbid);
 static void report_round_done(Oid dbid);
@@ -153,13 +266,27 @@ flwl_usage_init(void)
 							10000, 100, 10000000,
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("flowella.usage_max_buckets",
+							"Number of usage buckets (key, minute, client IP, scope, code) shared memory holds between flushes.",
+							"Past three quarters of it, client IP and scope are folded into a per-key bucket.",
+							&usage_max_buckets,
+							50000, 100, 10000000,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
 	DefineCustomIntVariable("flowella.usage_flush_interval",
-							"Seconds between writes of last_used_at.",
+							"Seconds between writes of last_used_at and usage counts.",
 							"A key's row is written at most once per interval.",
 							&usage_flush_interval,
 							60, 1, 60,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
+	DefineCustomStringVariable("flowella.usage_retention",
+							   "How long usage buckets are kept (an interval).",
+							   "Older buckets are deleted by the flush worker.",
+							   &usage_retention,
+							   "90 days",
+							   PGC_SIGHUP, 0,
+							   usage_retention_check, NULL, NULL);
 #if PG_VERSION_NUM >= 150000
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = usage_shmem_request;
@@ -180,11 +307,50 @@ flwl_usage_init(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/*
+ * flowella.usage_retention must read as a positive interval.  The check
+ * runs in the postmaster too, so a parse error is caught and reported as
+ * a refused value rather than raised.
+ */
+static bool
+usage_retention_check(char **newval, void **extra, GucSource source)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	bool		ok = false;
+
+	PG_TRY();
+	{
+		Interval   *iv;
+		Interval	zero;
+
+		iv = DatumGetIntervalP(DirectFunctionCall3(interval_in,
+												   CStringGetDatum(*newval),
+												   ObjectIdGetDatum(InvalidOid),
+												   Int32GetDatum(-1)));
+		memset(&zero, 0, sizeof(zero));
+		ok = DatumGetBool(DirectFunctionCall2(interval_gt,
+											  IntervalPGetDatum(iv),
+											  IntervalPGetDatum(&zero)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcxt);
+		FlushErrorState();
+		ok = false;
+	}
+	PG_END_TRY();
+	if (!ok)
+		GUC_check_errdetail("The retention must be a positive interval, such as \"90 days\".");
+	return ok;
+}
+
 static Size
 usage_memsize(void)
 {
-	return add_size(MAXALIGN(sizeof(UsageShared)),
-					hash_estimate_size(usage_max_keys, sizeof(UsageEntry)));
+	Size		size = MAXALIGN(sizeof(UsageShared));
+
+	size = add_size(size, hash_estimate_size(usage_max_keys, sizeof(UsageEntry)));
+	return add_size(size, hash_estimate_size(usage_max_buckets, sizeof(BucketEntry)));
 }
 
 static void
@@ -198,6 +364,10 @@ usage_shmem_request(void)
 	RequestNamedLWLockTranche("flowella_apikey", 1);
 }
 
+/*
+ * Build the shared state; in the postmaster, load what a clean shutdown
+ * left pending and arrange for the next shutdown to save it.
+ */
 static void
 usage_shmem_startup(void)
 {
@@ -216,6 +386,14 @@ usage_shmem_startup(void)
 		pg_atomic_init_u64(&usage->dropped, 0);
 		pg_atomic_init_u64(&usage->flushed, 0);
 		pg_atomic_init_u64(&usage->flushes, 0);
+		pg_atomic_init_u64(&usage->counted, 0);
+		pg_atomic_init_u64(&usage->written, 0);
+		pg_atomic_init_u64(&usage->folded, 0);
+		pg_atomic_init_u64(&usage->overflowed, 0);
+		pg_atomic_init_u64(&usage->discarded, 0);
+		pg_atomic_init_u64(&usage->pruned, 0);
+		pg_atomic_init_u32(&usage->wake_wanted, 0);
+		usage->launcher_latch = NULL;
 		usage->round_done = InvalidOid;
 	}
 	memset(&info, 0, sizeof(info));
@@ -224,48 +402,248 @@ usage_shmem_startup(void)
 	usage_hash = ShmemInitHash("flowella_apikey usage hash",
 							   usage_max_keys, usage_max_keys,
 							   &info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(BucketKey);
+	info.entrysize = sizeof(BucketEntry);
+	bucket_hash = ShmemInitHash("flowella_apikey usage buckets",
+								usage_max_buckets, usage_max_buckets,
+								&info, HASH_ELEM | HASH_BLOBS | HASH_FIXED_SIZE);
 	LWLockRelease(AddinShmemInitLock);
+
+	if (!IsUnderPostmaster)
+	{
+		on_shmem_exit(usage_shmem_shutdown, (Datum) 0);
+		/* no other process runs yet: the tables are ours without the lock */
+		if (!found)
+			usage_load();
+	}
+}
+
+/*---- Keeping pending counts over a clean restart ----*/
+
+typedef struct UsageDumpHeader
+{
+	uint32		magic;
+	uint32		format;
+	uint32		lastuse_size;	/* sizeof(UsageDumpLastUse) */
+	uint32		bucket_size;	/* sizeof(UsageDumpBucket) */
+	int64		n_lastuse;
+	int64		n_buckets;
+} UsageDumpHeader;
+
+typedef struct UsageDumpLastUse
+{
+	UsageKey	key;
+	TimestampTz last_used;
+} UsageDumpLastUse;
+
+typedef struct UsageDumpBucket
+{
+	BucketKey	key;
+	uint64		requests;
+} UsageDumpBucket;
+
+/*
+ * on_shmem_exit in the postmaster: after a clean shutdown (every backend
+ * and worker is gone, the shutdown checkpoint written), write the pending last uses and counts to
+ * USAGE_DUMP_FILE.  After a crash (code != 0) nothing is written: shared
+ * memory is not to be trusted then.
+ */
+static void
+usage_shmem_shutdown(int code, Datum arg)
+{
+	const char *tmp = USAGE_DUMP_FILE ".tmp";
+	FILE	   *file;
+	UsageDumpHeader header;
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	BucketEntry *bucket;
+	uint32		trailer = USAGE_DUMP_MAGIC;
+
+	ControlFileData *control;
+	bool		crc_ok;
+
+	if (code != 0 || usage == NULL || usage_hash == NULL || bucket_hash == NULL)
+		return;
+
+	/*
+	 * An immediate stop exits with code 0 too, but its workers were killed
+	 * wherever they were (one between its commit and its subtraction would
+	 * have its counts written twice): only a shutdown checkpoint says the
+	 * stop was clean.
+	 */
+	control = get_controlfile(DataDir, &crc_ok);
+	if (!crc_ok || (control->state != DB_SHUTDOWNED &&
+					control->state != DB_SHUTDOWNED_IN_RECOVERY))
+		return;
+
+	file = AllocateFile(tmp, PG_BINARY_W);
+	if (file == NULL)
+		goto error;
+
+	memset(&header, 0, sizeof(header));
+	header.magic = USAGE_DUMP_MAGIC;
+	header.format = USAGE_DUMP_FORMAT;
+	header.lastuse_size = sizeof(UsageDumpLastUse);
+	header.bucket_size = sizeof(UsageDumpBucket);
+	header.n_lastuse = hash_get_num_entries(usage_hash);
+	header.n_buckets = hash_get_num_entries(bucket_hash);
+	if (fwrite(&header, sizeof(header), 1, file) != 1)
+		goto error;
+
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		UsageDumpLastUse rec;
+
+		memset(&rec, 0, sizeof(rec));
+		rec.key = entry->key;
+		rec.last_used = entry->last_used;
+		if (fwrite(&rec, sizeof(rec), 1, file) != 1)
+		{
+			hash_seq_term(&seq);
+			goto error;
+		}
+	}
+	hash_seq_init(&seq, bucket_hash);
+	while ((bucket = hash_seq_search(&seq)) != NULL)
+	{
+		UsageDumpBucket rec;
+
+		memset(&rec, 0, sizeof(rec));
+		rec.key = bucket->key;
+		rec.requests = pg_atomic_read_u64(&bucket->requests);
+		if (fwrite(&rec, sizeof(rec), 1, file) != 1)
+		{
+			hash_seq_term(&seq);
+			goto error;
+		}
+	}
+	if (fwrite(&trailer, sizeof(trailer), 1, file) != 1)
+		goto error;
+	if (FreeFile(file))
+	{
+		file = NULL;
+		goto error;
+	}
+	(void) durable_rename(tmp, USAGE_DUMP_FILE, LOG);
+	return;
+
+error:
+	ereport(LOG,
+			(errcode_for_file_access(),
+			 errmsg("could not write file \"%s\": %m", tmp),
+			 errdetail("Pending API key usage counts and last uses are lost.")));
+	if (file)
+		FreeFile(file);
+	unlink(tmp);
+}
+
+/*
+ * At start, in the postmaster: load what the last clean shutdown saved,
+ * through the same bounds as verify (a smaller table folds or counts what
+ * does not fit), then remove the file so that it is never loaded twice.
+ * A file that does not read back (another format, truncated) is logged
+ * and ignored.  Caller is alone: no lock is taken.
+ */
+static void
+usage_load(void)
+{
+	FILE	   *file;
+	UsageDumpHeader header;
+	uint32		trailer;
+	int64		uses = 0;
+	uint64		requests = 0;
+
+	file = AllocateFile(USAGE_DUMP_FILE, PG_BINARY_R);
+	if (file == NULL)
+	{
+		if (errno != ENOENT)
+			ereport(LOG,
+					(errcode_for_file_access(),
+					 errmsg("could not read file \"%s\": %m", USAGE_DUMP_FILE)));
+		return;
+	}
+
+	if (fread(&header, sizeof(header), 1, file) != 1 ||
+		header.magic != USAGE_DUMP_MAGIC ||
+		header.format != USAGE_DUMP_FORMAT ||
+		header.lastuse_size != sizeof(UsageDumpLastUse) ||
+		header.bucket_size != sizeof(UsageDumpBucket) ||
+		header.n_lastuse < 0 || header.n_buckets < 0)
+		goto bad;
+
+	for (int64 i = 0; i < header.n_lastuse; i++)
+	{
+		UsageDumpLastUse rec;
+
+		if (fread(&rec, sizeof(rec), 1, file) != 1)
+			goto bad;
+		if (lastuse_put_locked(&rec.key, rec.last_used))
+			uses++;
+	}
+	for (int64 i = 0; i < header.n_buckets; i++)
+	{
+		UsageDumpBucket rec;
+		bool		folded;
+
+		if (fread(&rec, sizeof(rec), 1, file) != 1)
+			goto bad;
+		if (rec.requests == 0 || rec.key.code >= lengthof(usage_code_names) ||
+			rec.key.scope_len > USAGE_SCOPE_MAX)
+			continue;
+		bucket_add_locked(&rec.key, rec.requests, &folded);
+		pg_atomic_fetch_add_u64(&usage->counted, rec.requests);
+		requests += rec.requests;
+	}
+	if (fread(&trailer, sizeof(trailer), 1, file) != 1 || trailer != USAGE_DUMP_MAGIC)
+		goto bad;
+
+	FreeFile(file);
+	unlink(USAGE_DUMP_FILE);
+	ereport(LOG,
+			(errmsg("flowella usage: loaded %lld pending last uses and " UINT64_FORMAT " pending requests",
+					(long long) uses, requests)));
+	return;
+
+bad:
+	ereport(LOG,
+			(errmsg("ignoring invalid file \"%s\"", USAGE_DUMP_FILE),
+			 errdetail("%lld last uses and " UINT64_FORMAT " requests were loaded from it before the fault.",
+					   (long long) uses, requests)));
+	FreeFile(file);
+	unlink(USAGE_DUMP_FILE);
 }
 
 /*---- Recording (verify path) ----*/
 
 /*
- * Note a use of key (in database key->dbid) at when; keep the latest.  A
- * new key beyond usage_max_keys is dropped and counted.
+ * Note a use of key at when; keep the latest.  A new key beyond
+ * usage_max_keys is dropped and counted.  Returns whether it was kept.
+ * Caller holds the lock exclusively (or is alone, loading the file).
  *
  * The bound is ours to keep: a shared hash table's max_size only sizes its
  * directory, and HASH_ENTER_NULL fails only once the whole shared memory
  * segment is used up.  So the table is HASH_FIXED_SIZE (it never takes
  * more than the entries it was given at start, which hash_estimate_size
  * reserved) and an entry is added only while fewer than usage_max_keys are
- * present, counted under the exclusive lock.
+ * present.  The same holds for the bucket table below.
  */
-static void
-usage_put(const UsageKey *key, TimestampTz when)
+static bool
+lastuse_put_locked(const UsageKey *key, TimestampTz when)
 {
 	UsageEntry *entry;
 	bool		found;
 
-	LWLockAcquire(usage->lock, LW_SHARED);
-	entry = hash_search(usage_hash, key, HASH_FIND, NULL);
-	if (entry != NULL)
-	{
-		SpinLockAcquire(&entry->mutex);
-		if (when > entry->last_used)
-			entry->last_used = when;
-		SpinLockRelease(&entry->mutex);
-		LWLockRelease(usage->lock);
-		return;
-	}
-	LWLockRelease(usage->lock);
-
-	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
 	entry = hash_search(usage_hash, key, HASH_FIND, &found);
 	if (entry == NULL && hash_get_num_entries(usage_hash) < usage_max_keys)
 		entry = hash_search(usage_hash, key, HASH_ENTER_NULL, &found);
 	if (entry == NULL)
+	{
 		pg_atomic_fetch_add_u64(&usage->dropped, 1);
-	else if (!found)
+		return false;
+	}
+	if (!found)
 	{
 		SpinLockInit(&entry->mutex);
 		entry->last_used = when;
@@ -273,58 +651,251 @@ usage_put(const UsageKey *key, TimestampTz when)
 	}
 	else if (when > entry->last_used)
 		entry->last_used = when;	/* exclusive lock: no spinlock needed */
-	LWLockRelease(usage->lock);
+	return true;
+}
+
+/* Whether a bucket key carries no detail (no client IP, no scope). */
+static inline bool
+bucket_is_coarse(const BucketKey *key)
+{
+	return key->ip_family == 0 && key->scope_len == 0;
 }
 
 /*
- * Record a successful use of key_id in the current database.  Does nothing
- * when the library was not preloaded, or on a hot standby.
+ * Add n requests to the bucket key, creating it if need be.  Detailed
+ * buckets may take three quarters of the table; past that the request is
+ * folded into the key's coarse bucket (*folded set), which may take the
+ * rest; if even that is full, the requests are counted as overflowed.
+ * Caller holds the lock exclusively (or is alone, loading the file).
+ */
+static void
+bucket_add_locked(const BucketKey *key, uint64 n, bool *folded)
+{
+	BucketEntry *entry;
+	BucketKey	coarse;
+	long		nentries = hash_get_num_entries(bucket_hash);
+	long		detail_limit = usage_max_buckets - usage_max_buckets / 4;
+	bool		found;
+
+	*folded = false;
+	entry = hash_search(bucket_hash, key, HASH_FIND, NULL);
+	if (entry == NULL && !bucket_is_coarse(key) && nentries >= detail_limit)
+	{
+		coarse = *key;
+		coarse.ip_family = 0;
+		coarse.ip_bits = 0;
+		coarse.scope_len = 0;
+		memset(coarse.ip, 0, sizeof(coarse.ip));
+		memset(coarse.scope, 0, sizeof(coarse.scope));
+		key = &coarse;
+		*folded = true;
+		pg_atomic_fetch_add_u64(&usage->folded, n);
+		entry = hash_search(bucket_hash, key, HASH_FIND, NULL);
+	}
+	/* a detailed key that gets here is below detail_limit */
+	if (entry == NULL && nentries < usage_max_buckets)
+	{
+		entry = hash_search(bucket_hash, key, HASH_ENTER_NULL, &found);
+		if (entry != NULL && !found)
+			pg_atomic_init_u64(&entry->requests, 0);
+	}
+
+	if (entry == NULL)
+		pg_atomic_fetch_add_u64(&usage->overflowed, n);
+	else
+		pg_atomic_fetch_add_u64(&entry->requests, n);
+}
+
+/*
+ * Ask the launcher for an early round (buckets only): the bucket table is
+ * filling.  Only the first caller since the last round sets its latch.
+ */
+static void
+wake_launcher(void)
+{
+	Latch	   *latch;
+
+	if (pg_atomic_read_u32(&usage->wake_wanted) != 0 ||
+		pg_atomic_exchange_u32(&usage->wake_wanted, 1) != 0)
+		return;
+	latch = usage->launcher_latch;
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/* The index of a counted code, or -1. */
+static int
+usage_code_index(const char *code)
+{
+	for (int i = 0; i < (int) lengthof(usage_code_names); i++)
+		if (strcmp(code, usage_code_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/*
+ * Count one request of key_id (in the current database) that verify
+ * answered with code, at when, from client_ip and for scope (either may be
+ * NULL); for VALID also note the use as the key's last.  MALFORMED and
+ * NOT_FOUND identify no key: the caller does not count them.
+ *
+ * The common case (the bucket and the last-use entry exist) takes the lock
+ * shared once and adds atomically; no palloc, no table, no wait on a row.
+ * Does nothing when the library was not preloaded, or on a hot standby
+ * (which cannot write the counts: they would only fill the table).
  */
 void
-flwl_usage_record(const pg_uuid_t *key_id, TimestampTz when)
+flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, const char *code,
+				 const inet *client_ip, const text *scope)
 {
-	UsageKey	key;
+	BucketKey	key;
+	UsageKey	ukey;
+	BucketEntry *bucket;
+	UsageEntry *entry = NULL;
+	int			code_index;
+	bool		valid;
+	bool		folded = false;
+	bool		overflowed = false;
 
-	/* a standby cannot write last_used_at: do not fill the table there */
-	if (usage == NULL || usage_hash == NULL || RecoveryInProgress())
+	if (usage == NULL || bucket_hash == NULL || RecoveryInProgress())
 		return;
+
+	code_index = usage_code_index(code);
+	if (code_index < 0)
+		return;
+	valid = (code_index == USAGE_CODE_VALID);
+
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
+	key.code = (uint8) code_index;
 	memcpy(&key.key_id, key_id, sizeof(pg_uuid_t));
-	usage_put(&key, when);
-	pg_atomic_fetch_add_u64(&usage->recorded, 1);
+	key.minute = when - when % USECS_PER_MINUTE;
+	if (when % USECS_PER_MINUTE < 0)
+		key.minute -= USECS_PER_MINUTE;
+	if (client_ip != NULL)
+	{
+		inet	   *ip = unconstify(inet *, client_ip);
+
+		key.ip_family = ip_family(ip);
+		key.ip_bits = ip_bits(ip);
+		memcpy(key.ip, ip_addr(ip), Min(ip_addrsize(ip), sizeof(key.ip)));
+	}
+	if (scope != NULL)
+	{
+		const char *s = VARDATA_ANY(scope);
+		size_t		len = VARSIZE_ANY_EXHDR(scope);
+
+		/* a scope name, never anything token-shaped */
+		if (len <= USAGE_SCOPE_MAX && flwl_scope_name_problem(s, len) == NULL &&
+			!(len >= 5 && memcmp(s, "flwl_", 5) == 0))
+		{
+			key.scope_len = (uint8) len;
+			memcpy(key.scope, s, len);
+		}
+	}
+	memset(&ukey, 0, sizeof(ukey));
+	ukey.dbid = MyDatabaseId;
+	memcpy(&ukey.key_id, key_id, sizeof(pg_uuid_t));
+
+	LWLockAcquire(usage->lock, LW_SHARED);
+	bucket = hash_search(bucket_hash, &key, HASH_FIND, NULL);
+	if (bucket != NULL)
+		pg_atomic_fetch_add_u64(&bucket->requests, 1);
+	if (valid)
+	{
+		entry = hash_search(usage_hash, &ukey, HASH_FIND, NULL);
+		if (entry != NULL)
+		{
+			SpinLockAcquire(&entry->mutex);
+			if (when > entry->last_used)
+				entry->last_used = when;
+			SpinLockRelease(&entry->mutex);
+		}
+	}
+	LWLockRelease(usage->lock);
+
+	if (bucket == NULL || (valid && entry == NULL))
+	{
+		uint64		overflowed_before = 0;
+
+		LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+		if (bucket == NULL)
+		{
+			overflowed_before = pg_atomic_read_u64(&usage->overflowed);
+			bucket_add_locked(&key, 1, &folded);
+			overflowed = pg_atomic_read_u64(&usage->overflowed) != overflowed_before;
+		}
+		if (valid && entry == NULL)
+			(void) lastuse_put_locked(&ukey, when);
+		LWLockRelease(usage->lock);
+		if (folded || overflowed)
+			wake_launcher();
+	}
+
+	pg_atomic_fetch_add_u64(&usage->counted, 1);
+	if (valid)
+		pg_atomic_fetch_add_u64(&usage->recorded, 1);
 }
 
 /*
- * usage_stats(): counters of the tracker, for monitoring and tests.  All
- * zero and pending NULL when the library is not preloaded.
+ * usage_stats(): counters of the pipeline, for monitoring and tests.  All
+ * zero and pending NULL when the library is not preloaded.  A schema before
+ * 1.3 declares only the first five columns: the row is built to the
+ * declared shape.
  */
 Datum
 flowella_usage_stats(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
+	Datum		values[13];
+	bool		nulls[13];
+	int			natts;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
+	natts = tupdesc->natts;
+	if (natts > (int) lengthof(values))
+		elog(ERROR, "usage_stats has %d columns, at most %d expected",
+			 natts, (int) lengthof(values));
+
+	memset(nulls, 0, sizeof(nulls));
+	for (int i = 0; i < (int) lengthof(values); i++)
+		values[i] = Int64GetDatum(0);
 
 	if (usage == NULL)
 	{
-		memset(values, 0, sizeof(values));
-		for (int i = 0; i < 5; i++)
-			values[i] = Int64GetDatum(0);
 		nulls[0] = true;
+		nulls[5] = true;
 	}
 	else
 	{
+		HASH_SEQ_STATUS seq;
+		BucketEntry *bucket;
+		uint64		pending_requests = 0;
+		int64		nbuckets;
+
 		LWLockAcquire(usage->lock, LW_SHARED);
 		values[0] = Int64GetDatum(hash_get_num_entries(usage_hash));
+		nbuckets = hash_get_num_entries(bucket_hash);
+		if (natts > 7)
+		{
+			hash_seq_init(&seq, bucket_hash);
+			while ((bucket = hash_seq_search(&seq)) != NULL)
+				pending_requests += pg_atomic_read_u64(&bucket->requests);
+		}
 		LWLockRelease(usage->lock);
 		values[1] = Int64GetDatum(pg_atomic_read_u64(&usage->recorded));
 		values[2] = Int64GetDatum(pg_atomic_read_u64(&usage->dropped));
 		values[3] = Int64GetDatum(pg_atomic_read_u64(&usage->flushes));
 		values[4] = Int64GetDatum(pg_atomic_read_u64(&usage->flushed));
+		values[5] = Int64GetDatum(nbuckets);
+		values[6] = Int64GetDatum(pg_atomic_read_u64(&usage->counted));
+		values[7] = Int64GetDatum(pending_requests);
+		values[8] = Int64GetDatum(pg_atomic_read_u64(&usage->written));
+		values[9] = Int64GetDatum(pg_atomic_read_u64(&usage->folded));
+		values[10] = Int64GetDatum(pg_atomic_read_u64(&usage->overflowed));
+		values[11] = Int64GetDatum(pg_atomic_read_u64(&usage->discarded));
+		values[12] = Int64GetDatum(pg_atomic_read_u64(&usage->pruned));
 	}
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }
@@ -334,9 +905,12 @@ flowella_usage_stats(PG_FUNCTION_ARGS)
 /*
  * Start a flush worker for dbid and wait for it to finish, so that at most
  * one flush runs at a time and a database is flushed at most once a round.
+ * A regular round writes buckets, last uses and prunes; an early one
+ * (regular false) writes buckets only, and a failure there costs the last
+ * uses nothing.
  */
 static void
-launch_flush(Oid dbid)
+launch_flush(Oid dbid, bool regular)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
@@ -351,6 +925,7 @@ launch_flush(Oid dbid)
 	snprintf(worker.bgw_name, BGW_MAXLEN, "flowella usage flush");
 	snprintf(worker.bgw_type, BGW_MAXLEN, "flowella usage flush");
 	worker.bgw_main_arg = ObjectIdGetDatum(dbid);
+	worker.bgw_extra[0] = regular ? 'r' : 'e';
 	worker.bgw_notify_pid = MyProcPid;
 
 	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
@@ -362,7 +937,8 @@ launch_flush(Oid dbid)
 		ereport(LOG,
 				(errmsg("flowella usage launcher could not start a flush worker"),
 				 errhint("Raise max_worker_processes.")));
-		database_round_failed(dbid);
+		if (regular)
+			database_round_failed(dbid);
 		return;
 	}
 	(void) WaitForBackgroundWorkerShutdown(handle);
@@ -372,12 +948,12 @@ launch_flush(Oid dbid)
 	LWLockAcquire(usage->lock, LW_SHARED);
 	done = usage->round_done == dbid;
 	LWLockRelease(usage->lock);
-	if (!done)
+	if (!done && regular)
 	{
 		ereport(LOG,
 				(errmsg("flowella usage flush worker for database %u ended before writing its last uses",
 						dbid),
-				 errdetail("The uses stay pending for at most %d rounds.",
+				 errdetail("The uses stay pending for at most %d rounds; usage counts stay pending until written.",
 						   USAGE_MAX_RETRIES)));
 		database_round_failed(dbid);
 	}
@@ -398,7 +974,8 @@ entry_round_failed(UsageEntry *entry)
 /*
  * A flush worker for dbid ended without settling its entries: it could not
  * start or connect (datallowconn = false, say), or died.  Count the round
- * against every entry of the database, as a failed flush would.
+ * against every last use of the database, as a failed flush would.  Its
+ * buckets stay pending.
  */
 static void
 database_round_failed(Oid dbid)
@@ -438,24 +1015,95 @@ database_exists(Oid dbid)
 	return exists;
 }
 
+/* Forget the last uses and counts of a dropped database (counted). */
 static void
 forget_database(Oid dbid)
 {
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
+	BucketEntry *bucket;
 
 	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
 	hash_seq_init(&seq, usage_hash);
 	while ((entry = hash_seq_search(&seq)) != NULL)
 		if (entry->key.dbid == dbid)
 			hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
+	hash_seq_init(&seq, bucket_hash);
+	while ((bucket = hash_seq_search(&seq)) != NULL)
+		if (bucket->key.dbid == dbid)
+		{
+			pg_atomic_fetch_add_u64(&usage->discarded,
+									pg_atomic_read_u64(&bucket->requests));
+			hash_search(bucket_hash, &bucket->key, HASH_REMOVE, NULL);
+		}
 	LWLockRelease(usage->lock);
+}
+
+/* Add dbid to the n distinct ones in dbids. */
+static void
+add_dbid(Oid *dbids, int *n, Oid dbid)
+{
+	int			i;
+
+	for (i = 0; i < *n && dbids[i] != dbid; i++)
+		;
+	if (i == *n)
+		dbids[(*n)++] = dbid;
+}
+
+/*
+ * One round: a flush worker for each database with pending buckets (and,
+ * in a regular round, pending last uses).  Logs the requests that found
+ * the bucket table full since the last round.
+ */
+static void
+run_round(bool regular, uint64 *overflow_seen)
+{
+	Oid		   *dbids;
+	int			ndb = 0;
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	BucketEntry *bucket;
+	uint64		overflowed;
+
+	LWLockAcquire(usage->lock, LW_SHARED);
+	dbids = palloc(sizeof(Oid) * (hash_get_num_entries(usage_hash) +
+								  hash_get_num_entries(bucket_hash) + 1));
+	if (regular)
+	{
+		hash_seq_init(&seq, usage_hash);
+		while ((entry = hash_seq_search(&seq)) != NULL)
+			add_dbid(dbids, &ndb, entry->key.dbid);
+	}
+	hash_seq_init(&seq, bucket_hash);
+	while ((bucket = hash_seq_search(&seq)) != NULL)
+		add_dbid(dbids, &ndb, bucket->key.dbid);
+	LWLockRelease(usage->lock);
+
+	overflowed = pg_atomic_read_u64(&usage->overflowed);
+	if (overflowed > *overflow_seen)
+		ereport(LOG,
+				(errmsg("flowella usage: " UINT64_FORMAT " API key requests found the usage table full and are not in the usage history",
+						overflowed - *overflow_seen),
+				 errhint("Raise flowella.usage_max_buckets or lower flowella.usage_flush_interval.")));
+	*overflow_seen = overflowed;
+
+	for (int i = 0; i < ndb && !ShutdownRequestPending; i++)
+	{
+		if (database_exists(dbids[i]))
+			launch_flush(dbids[i], regular);
+		else
+			forget_database(dbids[i]);
+	}
+	pfree(dbids);
 }
 
 void
 flowella_usage_launcher_main(Datum main_arg)
 {
 	TimestampTz last_round;
+	TimestampTz last_early = 0;
+	uint64		overflow_seen = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -465,71 +1113,279 @@ flowella_usage_launcher_main(Datum main_arg)
 	/* no database: shared catalogs only, to see which databases exist */
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 
+	usage->launcher_latch = MyLatch;
+	overflow_seen = pg_atomic_read_u64(&usage->overflowed);
+
 	last_round = GetCurrentTimestamp();
 	while (!ShutdownRequestPending)
 	{
-		Oid		   *dbids;
-		int			ndb = 0;
-		HASH_SEQ_STATUS seq;
-		UsageEntry *entry;
 		TimestampTz next_round;
+		TimestampTz wake_at;
 		TimestampTz now;
 
 		/*
-		 * Sleep until a whole interval has passed since the last round.  The
-		 * latch is also set by a reload and by our own workers' exits: such
-		 * a wake-up must not start a round early, or a key in constant use
-		 * would be written more than once per interval.
+		 * A regular round once a whole interval has passed since the last
+		 * one.  The latch is also set by a reload and by our own workers'
+		 * exits: such a wake-up must not start a regular round early, or a
+		 * key in constant use would be written more than once per interval.
+		 * A full bucket table asks for an early round (buckets only, at
+		 * most one per USAGE_EARLY_GAP_MS), which writes no last use.
 		 */
 		next_round = TimestampTzPlusMilliseconds(last_round,
 												 usage_flush_interval * 1000L);
 		now = GetCurrentTimestamp();
-		if (now < next_round)
+		if (now >= next_round)
 		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 TimestampDifferenceMilliseconds(now, next_round),
-							 PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-			if (ConfigReloadPending)
-			{
-				ConfigReloadPending = false;
-				ProcessConfigFile(PGC_SIGHUP);
-			}
+			last_round = now;
+			pg_atomic_write_u32(&usage->wake_wanted, 0);
+			run_round(true, &overflow_seen);
 			continue;
 		}
-		last_round = now;
-
-		/* the distinct databases with pending uses */
-		LWLockAcquire(usage->lock, LW_SHARED);
-		dbids = palloc(sizeof(Oid) * (hash_get_num_entries(usage_hash) + 1));
-		hash_seq_init(&seq, usage_hash);
-		while ((entry = hash_seq_search(&seq)) != NULL)
+		wake_at = next_round;
+		if (pg_atomic_read_u32(&usage->wake_wanted) != 0)
 		{
-			int			i;
+			TimestampTz early_at = TimestampTzPlusMilliseconds(last_early,
+															   USAGE_EARLY_GAP_MS);
 
-			for (i = 0; i < ndb && dbids[i] != entry->key.dbid; i++)
-				;
-			if (i == ndb)
-				dbids[ndb++] = entry->key.dbid;
+			if (now >= early_at)
+			{
+				last_early = now;
+				pg_atomic_write_u32(&usage->wake_wanted, 0);
+				run_round(false, &overflow_seen);
+				continue;
+			}
+			wake_at = Min(wake_at, early_at);
 		}
-		LWLockRelease(usage->lock);
 
-		for (int i = 0; i < ndb && !ShutdownRequestPending; i++)
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 TimestampDifferenceMilliseconds(now, wake_at),
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
 		{
-			if (database_exists(dbids[i]))
-				launch_flush(dbids[i]);
-			else
-				forget_database(dbids[i]);
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
 		}
-		pfree(dbids);
 	}
+	usage->launcher_latch = NULL;
 	proc_exit(0);
 }
 
 /*---- Flush worker ----*/
 
-/* Run one of the flush queries over $1 uuid[] keys, $2 timestamptz[] uses. */
+/* Whether this database has the usage table (a schema of 1.3 or later). */
+static bool
+usage_table_exists(void)
+{
+	Oid			nsp = get_namespace_oid("flowella", true);
+
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("api_key_usage", nsp));
+}
+
+/*
+ * Start a flush transaction with search_path pinned and SPI connected;
+ * returns the pin for finish_flush_transaction.
+ */
+static int
+start_flush_transaction(const char *activity)
+{
+	int			pinned;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	pinned = flwl_pin_search_path();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+	return pinned;
+}
+
+static void
+finish_flush_transaction(int pinned)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	flwl_unpin_search_path(pinned);
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Log the error being handled and abort its transaction. */
+static void
+flush_error(void)
+{
+	MemoryContextSwitchTo(TopMemoryContext);
+	EmitErrorReport();
+	AbortCurrentTransaction();
+	FlushErrorState();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * The INSERT that adds a flush's counts to the usage table.  The arbiter is
+ * the table's unique index, whose expressions tell a missing IP or scope
+ * apart from any value (NULLS NOT DISTINCT is PostgreSQL 15's only).  A key
+ * that is not in api_keys (it cannot be deleted) would be skipped.
+ */
+#define BUCKET_INSERT_SQL \
+	"INSERT INTO flowella.api_key_usage AS u" \
+	" (org_id, key_id, minute, client_ip, scope, code, requests)" \
+	" SELECT k.org_id, b.key_id, b.minute, b.client_ip, b.scope, b.code, b.requests" \
+	"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)," \
+	"                   pg_catalog.unnest($3), pg_catalog.unnest($4)," \
+	"                   pg_catalog.unnest($5), pg_catalog.unnest($6))" \
+	"        AS b(key_id, minute, client_ip, scope, code, requests)" \
+	"   JOIN flowella.api_keys k ON k.key_id OPERATOR(pg_catalog.=) b.key_id" \
+	" ON CONFLICT (key_id, minute, (client_ip IS NULL)," \
+	"             (COALESCE(client_ip, '0.0.0.0'::pg_catalog.inet))," \
+	"             (scope IS NULL), (COALESCE(scope, ''::pg_catalog.text)), code)" \
+	" DO UPDATE SET requests = u.requests OPERATOR(pg_catalog.+) excluded.requests"
+
+/*
+ * Write the n buckets (keys, counts) in one transaction.  Returns true when
+ * they are settled (written, or discarded for want of a usage table), false
+ * when the transaction failed (logged): they stay pending.
+ */
+static bool
+write_buckets(int n, BucketKey *keys, uint64 *counts, bool *discarded)
+{
+	Datum	   *cols[6];
+	bool	   *ipnull;
+	bool	   *scopenull;
+	Datum		args[6];
+	volatile bool settled = false;
+
+	*discarded = false;
+	for (int c = 0; c < 6; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	ipnull = palloc0(sizeof(bool) * n);
+	scopenull = palloc0(sizeof(bool) * n);
+	for (int i = 0; i < n; i++)
+	{
+		cols[0][i] = UUIDPGetDatum(&keys[i].key_id);
+		cols[1][i] = TimestampTzGetDatum(keys[i].minute);
+		if (keys[i].ip_family == 0)
+			ipnull[i] = true;
+		else
+		{
+			inet	   *ip = palloc0(sizeof(inet));
+
+			ip_family(ip) = keys[i].ip_family;
+			ip_bits(ip) = keys[i].ip_bits;
+			memcpy(ip_addr(ip), keys[i].ip, ip_addrsize(ip));
+			SET_INET_VARSIZE(ip);
+			cols[2][i] = InetPGetDatum(ip);
+		}
+		if (keys[i].scope_len == 0)
+			scopenull[i] = true;
+		else
+			cols[3][i] = PointerGetDatum(cstring_to_text_with_len(keys[i].scope,
+																  keys[i].scope_len));
+		cols[4][i] = PointerGetDatum(cstring_to_text(usage_code_names[keys[i].code]));
+		cols[5][i] = Int64GetDatum((int64) counts[i]);
+	}
+	{
+		int			dims[1] = {n};
+		int			lbs[1] = {1};
+
+		args[0] = PointerGetDatum(construct_array(cols[0], n, UUIDOID, UUID_LEN,
+												  false, TYPALIGN_CHAR));
+		args[1] = PointerGetDatum(construct_array(cols[1], n, TIMESTAMPTZOID,
+												  sizeof(TimestampTz), FLOAT8PASSBYVAL,
+												  TYPALIGN_DOUBLE));
+		args[2] = PointerGetDatum(construct_md_array(cols[2], ipnull, 1, dims, lbs,
+													 INETOID, -1, false, TYPALIGN_INT));
+		args[3] = PointerGetDatum(construct_md_array(cols[3], scopenull, 1, dims, lbs,
+													 TEXTOID, -1, false, TYPALIGN_INT));
+		args[4] = PointerGetDatum(construct_array(cols[4], n, TEXTOID, -1, false,
+												  TYPALIGN_INT));
+		args[5] = PointerGetDatum(construct_array(cols[5], n, INT8OID, sizeof(int64),
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	}
+
+	PG_TRY();
+	{
+		int			pinned = start_flush_transaction("flowella: flushing API key usage");
+
+		if (!OidIsValid(get_extension_oid("flowella_apikey", true)) ||
+			!usage_table_exists())
+			*discarded = true;
+		else if (SPI_execute_with_args(BUCKET_INSERT_SQL, 6,
+									   (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID,
+												INETARRAYOID, TEXTARRAYOID,
+												TEXTARRAYOID, INT8ARRAYOID},
+									   args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "flowella usage flush query failed");
+		finish_flush_transaction(pinned);
+		settled = true;
+	}
+	PG_CATCH();
+	{
+		flush_error();
+	}
+	PG_END_TRY();
+	return settled;
+}
+
+/*
+ * Write this database's pending buckets.  The counts are read, written in
+ * one transaction and, only once it has committed, subtracted from the
+ * entries: a request counted meanwhile stays pending, and a failed write
+ * leaves everything pending for the next round.  Between the commit and the
+ * subtraction nothing raises or takes an interrupt.
+ */
+static void
+flush_buckets(Oid dbid)
+{
+	HASH_SEQ_STATUS seq;
+	BucketEntry *bucket;
+	BucketKey  *keys;
+	uint64	   *counts;
+	uint64		total = 0;
+	int			n = 0;
+	int			capacity;
+	bool		discarded;
+
+	LWLockAcquire(usage->lock, LW_SHARED);
+	capacity = hash_get_num_entries(bucket_hash) + 1;
+	keys = palloc(sizeof(BucketKey) * capacity);
+	counts = palloc(sizeof(uint64) * capacity);
+	hash_seq_init(&seq, bucket_hash);
+	while ((bucket = hash_seq_search(&seq)) != NULL)
+	{
+		uint64		requests;
+
+		if (bucket->key.dbid != dbid)
+			continue;
+		requests = pg_atomic_read_u64(&bucket->requests);
+		keys[n] = bucket->key;
+		counts[n] = requests;
+		total += requests;
+		n++;
+	}
+	LWLockRelease(usage->lock);
+	if (n == 0)
+		return;
+
+	if (!write_buckets(n, keys, counts, &discarded))
+		return;
+
+	/* committed: take away what was written, drop the entries now empty */
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < n; i++)
+	{
+		bucket = hash_search(bucket_hash, &keys[i], HASH_FIND, NULL);
+		if (bucket == NULL)
+			continue;			/* cannot happen: only flushes remove */
+		if (pg_atomic_sub_fetch_u64(&bucket->requests, counts[i]) == 0)
+			hash_search(bucket_hash, &keys[i], HASH_REMOVE, NULL);
+	}
+	LWLockRelease(usage->lock);
+	pg_atomic_fetch_add_u64(discarded ? &usage->discarded : &usage->written, total);
+}
+
+/* Run one of the last-use queries over $1 uuid[] keys, $2 timestamptz[] uses. */
 static void
 flush_query(const char *sql, Datum *args, int expected)
 {
@@ -585,10 +1441,9 @@ write_uses(int n, Datum *ids, Datum *whens, bool *done)
 }
 
 /*
- * One flush transaction (see write_uses), with search_path pinned.  If the
- * extension has been dropped from this database meanwhile (its schema
- * outlives it: CREATE EXTENSION made the schema, not the script), every use
- * is done with.
+ * One last-use flush transaction (see write_uses).  If the extension has
+ * been dropped from this database meanwhile (its schema outlives it: CREATE
+ * EXTENSION made the schema, not the script), every use is done with.
  */
 static uint64
 flush_database(int n, Datum *ids, Datum *whens, bool *done)
@@ -596,35 +1451,24 @@ flush_database(int n, Datum *ids, Datum *whens, bool *done)
 	uint64		updated = 0;
 	int			pinned;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	pinned = flwl_pin_search_path();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	pgstat_report_activity(STATE_RUNNING, "flowella: flushing last_used_at");
-
+	pinned = start_flush_transaction("flowella: flushing last_used_at");
 	if (OidIsValid(get_extension_oid("flowella_apikey", true)))
 		updated = write_uses(n, ids, whens, done);
 	else
 		memset(done, true, sizeof(bool) * n);
-
-	SPI_finish();
-	PopActiveSnapshot();
-	flwl_unpin_search_path(pinned);
-	CommitTransactionCommand();
+	finish_flush_transaction(pinned);
 	return updated;
 }
 
 /*
- * Write one database's pending uses.  Rows locked by another transaction
- * are skipped, never waited for, and stay pending for the next round.
- * Entries leave shared memory only once their write has committed (and the
- * counters are updated), so "pending = 0" means "written".
+ * Write this database's pending last uses.  Rows locked by another
+ * transaction are skipped, never waited for, and stay pending for the next
+ * round.  Entries leave shared memory only once their write has committed
+ * (and the counters are updated), so "pending = 0" means "written".
  */
-void
-flowella_usage_flush_main(Datum main_arg)
+static void
+flush_last_uses(Oid dbid)
 {
-	Oid			dbid = DatumGetObjectId(main_arg);
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
 	UsageKey   *keys;
@@ -634,10 +1478,6 @@ flowella_usage_flush_main(Datum main_arg)
 	int			n = 0;
 	int			capacity;
 	volatile uint64 updated = 0;
-
-	pqsignal(SIGTERM, die);
-	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
 
 	/* copy this database's entries */
 	LWLockAcquire(usage->lock, LW_SHARED);
@@ -660,10 +1500,7 @@ flowella_usage_flush_main(Datum main_arg)
 	LWLockRelease(usage->lock);
 
 	if (n == 0)
-	{
-		report_round_done(dbid);
-		proc_exit(0);
-	}
+		return;
 	done = palloc0(sizeof(bool) * n);
 
 	/*
@@ -676,17 +1513,12 @@ flowella_usage_flush_main(Datum main_arg)
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(TopMemoryContext);
-		EmitErrorReport();
-		AbortCurrentTransaction();
-		FlushErrorState();
+		flush_error();
 		memset(done, false, sizeof(bool) * n);
 	}
 	PG_END_TRY();
-	pgstat_report_activity(STATE_IDLE, NULL);
 
 	pg_atomic_fetch_add_u64(&usage->flushed, updated);
-	pg_atomic_fetch_add_u64(&usage->flushes, 1);
 
 	/*
 	 * Forget what was written, unless a newer use arrived meanwhile; keep a
@@ -703,7 +1535,83 @@ flowella_usage_flush_main(Datum main_arg)
 		else
 			entry_round_failed(entry);
 	}
-	usage->round_done = dbid;
 	LWLockRelease(usage->lock);
+}
+
+/*
+ * Retention: delete buckets older than flowella.usage_retention, at most
+ * USAGE_PRUNE_BATCH rows per transaction (short transactions, no long lock
+ * on a busy table), until none is left or USAGE_PRUNE_BUDGET_MS have
+ * passed; the next round goes on.  Errors are logged.
+ */
+static void
+prune_usage(void)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   USAGE_PRUNE_BUDGET_MS);
+	Datum		arg = CStringGetTextDatum(usage_retention);
+
+	for (;;)
+	{
+		volatile uint64 deleted = 0;
+		volatile bool stop = false;
+
+		PG_TRY();
+		{
+			int			pinned = start_flush_transaction("flowella: pruning API key usage");
+
+			if (!OidIsValid(get_extension_oid("flowella_apikey", true)) ||
+				!usage_table_exists())
+				stop = true;
+			else if (SPI_execute_with_args("DELETE FROM flowella.api_key_usage"
+										   " WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+										   "   SELECT ctid FROM flowella.api_key_usage"
+										   "    WHERE minute OPERATOR(pg_catalog.<)"
+										   "          (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)"
+										   "    LIMIT " CppAsString2(USAGE_PRUNE_BATCH) "))",
+										   1, (Oid[]) {TEXTOID}, &arg, NULL, false, 0)
+					 != SPI_OK_DELETE)
+				elog(ERROR, "flowella usage prune query failed");
+			else
+				deleted = SPI_processed;
+			finish_flush_transaction(pinned);
+		}
+		PG_CATCH();
+		{
+			flush_error();
+			stop = true;
+		}
+		PG_END_TRY();
+
+		pg_atomic_fetch_add_u64(&usage->pruned, deleted);
+		if (stop || deleted < USAGE_PRUNE_BATCH || GetCurrentTimestamp() >= deadline)
+			break;
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * A flush worker: write one database's pending buckets; in a regular round
+ * (bgw_extra "r") also its last uses, then prune old buckets.
+ */
+void
+flowella_usage_flush_main(Datum main_arg)
+{
+	Oid			dbid = DatumGetObjectId(main_arg);
+	bool		regular = MyBgworkerEntry->bgw_extra[0] == 'r';
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
+
+	flush_buckets(dbid);
+	if (regular)
+	{
+		flush_last_uses(dbid);
+		prune_usage();
+	}
+
+	pg_atomic_fetch_add_u64(&usage->flushes, 1);
+	report_round_done(dbid);
 	proc_exit(0);
 }

@@ -731,7 +731,7 @@ verify_body(FunctionCallInfo fcinfo)
 	bool		scopes_null = true;
 	Datum		d;
 	bool		isnull;
-	TimestampTz now;
+	TimestampTz now = 0;
 	RateAnswer	rate = {0};
 
 	if (PG_ARGISNULL(0))
@@ -833,8 +833,6 @@ verify_body(FunctionCallInfo fcinfo)
 				}
 			}
 
-			if (code == VC_VALID)
-				flwl_usage_record(DatumGetUUIDP(key_id), now);
 		}
 	}
 
@@ -843,6 +841,16 @@ verify_body(FunctionCallInfo fcinfo)
 	relation_close(rels[0], AccessShareLock);
 	UnregisterSnapshot(snapshot);
 	sodium_memzero(hash, sizeof(hash));
+
+	/*
+	 * Every request of an identified key is counted, whatever its answer
+	 * (a VALID one is also the key's last use): shared memory only.
+	 */
+	if (key_id != (Datum) 0)
+		flwl_usage_count(DatumGetUUIDP(key_id), now, verify_code_names[code],
+						 (PG_NARGS() >= 3 && !PG_ARGISNULL(2)) ?
+						 PG_GETARG_INET_PP(2) : NULL,
+						 PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1));
 
 	/* a detoasted copy of the token is ours to wipe */
 	if ((Pointer) token != DatumGetPointer(PG_GETARG_DATUM(0)))
