@@ -85,7 +85,7 @@ is($node->safe_psql('restored', 'SELECT max(event_id) FROM flowella.audit_record
 is($node->safe_psql('restored', q{
 	SELECT string_agg(relname || ':' || relrowsecurity || relforcerowsecurity, ' ' ORDER BY relname)
 	  FROM pg_class WHERE relnamespace = 'flowella'::regnamespace AND relkind = 'r'}),
-	'api_keys:truetrue audit_records:truetrue members:truetrue orgs:truetrue plans:truetrue',
+	'api_key_usage:truetrue api_keys:truetrue audit_records:truetrue members:truetrue orgs:truetrue plans:truetrue',
 	'row-level security enabled and forced on every table');
 is($node->safe_psql('restored', q{
 	SELECT count(*) FROM pg_trigger
