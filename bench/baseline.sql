@@ -44,14 +44,17 @@ BEGIN
     IF p_scopes IS NOT NULL AND (cardinality(p_scopes) = 0 OR NOT p_scopes <@ v_plan_scopes) THEN
         RAISE EXCEPTION 'invalid scopes' USING ERRCODE = '22023';
     END IF;
-    -- whether the org is past 50 active keys: at most 51 index entries
+    -- whether the org is past 50 active keys: at most 51 index entries per
+    -- probe, written the way apikey_create writes it (ORDER BY keeps the
+    -- planner on the index, now() makes the expiry bound an index condition)
     SELECT count(*) INTO v_active FROM (
         (SELECT 1 FROM flowella.api_keys k
-          WHERE k.org_id = p_org AND k.revoked_at IS NULL AND k.expires_at IS NULL LIMIT 51)
+          WHERE k.org_id = p_org AND k.revoked_at IS NULL AND k.expires_at IS NULL
+          ORDER BY k.org_id, k.expires_at LIMIT 51)
         UNION ALL
         (SELECT 1 FROM flowella.api_keys k
-          WHERE k.org_id = p_org AND k.revoked_at IS NULL
-            AND k.expires_at > clock_timestamp() LIMIT 51)) s;
+          WHERE k.org_id = p_org AND k.revoked_at IS NULL AND k.expires_at > now()
+          ORDER BY k.org_id, k.expires_at LIMIT 51)) s;
 
     v_bytes := gen_random_bytes(40);
     FOR i IN 0..39 LOOP

@@ -28,7 +28,7 @@ psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 setup_db() {   # db
     createdb "$1"
-    psql_q -d "$1" <<SQL
+    psql_q -d "$1" >/dev/null <<SQL
 SET client_min_messages = warning;
 CREATE EXTENSION pgcrypto;
 CREATE EXTENSION flowella_apikey;
@@ -117,7 +117,7 @@ echo "== create in an empty organisation vs one with 100 000 active keys"
 # 5 000 in the big one (order alternating), with apikey_create and with the
 # twin; ratios are of speeds within a round.
 createdb cliff
-psql_q -d cliff <<SQL
+psql_q -d cliff >/dev/null <<SQL
 SET client_min_messages = warning;
 CREATE EXTENSION pgcrypto;
 CREATE EXTENSION flowella_apikey;
