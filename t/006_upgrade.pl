@@ -50,7 +50,7 @@ sub extversion
 # listing has no OID, no timestamp and no cluster-specific name.  Never
 # regenerate one from the current scripts: it is the reference they are
 # held to.
-for my $version ('1.1', '1.2')
+for my $version ('1.1', '1.2', '1.3')
 {
 	(my $tag = $version) =~ s/\./_/;
 	my $fixture = slurp_file(dirname(__FILE__) . "/data/catalog-$version.txt");
