@@ -63,7 +63,25 @@ COMMIT;
 SET ROLE demo_api;
 SELECT valid, code FROM flowella.apikey_verify(:'token');
 
-\echo '== 8. the audit trail (what the org owner may review on this plan)'
+\echo '== 8. the requests the key served, per client address, scope and answer'
+RESET ROLE;
+-- (the demo flushes every second; wait until the usage workers wrote them)
+DO $$
+BEGIN
+	FOR i IN 1 .. 1800 LOOP
+		EXIT WHEN (SELECT requests_pending = 0 FROM flowella.usage_stats());
+		PERFORM pg_sleep(0.1);
+	END LOOP;
+END $$;
+SET ROLE demo_backend;
+BEGIN;
+SELECT flowella.set_actor('a0000000-0000-4000-8000-000000000001') \gset
+SELECT client_ip, scope, code, sum(requests) AS requests
+  FROM flowella.apikey_usage(:'key_id')
+ GROUP BY client_ip, scope, code ORDER BY client_ip, scope, code;
+COMMIT;
+
+\echo '== 9. the audit trail (what the org owner may review on this plan)'
 SET ROLE demo_backend;
 BEGIN;
 SELECT flowella.set_actor('a0000000-0000-4000-8000-000000000001') \gset
@@ -72,5 +90,5 @@ SELECT event_id, action, actor_ip, trace_context IS NOT NULL AS traced,
   FROM flowella.audit_events ORDER BY event_id;
 COMMIT;
 RESET ROLE;
-\echo '== 9. no table holds the token: only its SHA-256'
+\echo '== 10. no table holds the token: only its SHA-256'
 SELECT prefix, length(secret_hash) AS hash_bytes FROM flowella.api_keys;
