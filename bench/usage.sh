@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Benchmark of 1.3's verify with a key policy and usage history (issue 11),
+# in one throwaway cluster, against the bare key lookup and the 1.1-style
+# call measured in the same rounds:
+#
+#   (a) apikey_verify(token, scope, client_ip) on keys with an IP allowlist
+#       and a rate limit too high to trigger, usage recorded: vs the bare
+#       lookup (target >= 0.9);
+#   (b) the same over 100 000 keys and 100 000 client IPs: no request lost
+#       (the usage table against the number of calls) and verify vs the
+#       bare lookup (target >= 0.85);
+#   (c) how long the flush of that load's pending counts takes.
+#
+#   bash bench/usage.sh                                  # about 8 minutes
+#   BENCH_SECONDS=3 BENCH_ROUNDS=3 bash bench/usage.sh   # a quicker look
+#
+# The shared usage table is sized for the load (usage_max_buckets 1 000 000,
+# so that no count is folded or overflows) and flushed only when asked.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${BENCH_INSIDE:-}" ]; then
+    source "$here/scripts/deps.sh"
+    export BENCH_INSIDE=1
+    exec pg_virtualenv -t -o shared_preload_libraries=flowella_apikey \
+        -o max_connections=50 -o shared_buffers=1GB \
+        -o flowella.usage_max_buckets=1000000 -o flowella.usage_flush_interval=60 \
+        bash "$here/bench/usage.sh"
+fi
+
+cd "$here/bench"
+secs=${BENCH_SECONDS:-6}
+rounds=${BENCH_ROUNDS:-5}
+owner=11111111-1111-4111-8111-111111111111
+work=$(mktemp -d)
+psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+ratio() { echo "scale=2; $1 / $2" | bc -l; }
+median() { printf "%s\n" "$@" | sort -g | awk '{ v[NR] = $1 }
+    END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ratio_median() {   # name-of-array-a name-of-array-b
+    local -n xa=$1 xb=$2
+    local rs=() i
+    for i in "${!xa[@]}"; do rs+=("$(ratio "${xa[$i]}" "${xb[$i]}")"); done
+    echo "$(median "${rs[@]}")   (rounds: ${rs[*]})"
+}
+calls=0
+run() {   # script -> prints TPS, adds the transactions to calls when asked
+    local out tps n
+    out=$(pgbench -n -M prepared -c 4 -j 2 -T "$secs" -f "$work/$1.sql" pol 2>/dev/null)
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out")
+    n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+    echo "$tps $n"
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB; PostgreSQL $(psql -XAtc 'show server_version')"
+echo "pgbench -M prepared -c 4 -j 2 -T $secs; $rounds rounds"
+
+createdb pol
+psql_q -d pol >/dev/null <<SQL
+SET client_min_messages = warning;
+CREATE EXTENSION flowella_apikey;
+SELECT flowella.plan_set('pro', ARRAY['messages:send','messages:read'], true);
+CREATE TABLE orgs AS
+  SELECT i, flowella.org_create('org ' || i, 'pro', '$owner') AS org_id
+    FROM generate_series(0, 999) i;
+CREATE TABLE t (i int PRIMARY KEY, token text NOT NULL);
+SQL
+echo "== 100 000 keys, each with an allowlist (10.0.0.0/8, 2001:db8::/32) and 1 000 000 requests a minute"
+for c in 0 1 2 3 4 5 6 7 8 9; do
+    psql_q -d pol >/dev/null <<SQL
+SET client_min_messages = warning;
+BEGIN;
+SELECT flowella.set_actor('$owner') \gset
+INSERT INTO t
+  SELECT g.i, k.token
+    FROM generate_series($c * 10000 + 1, $c * 10000 + 10000) g(i)
+    JOIN orgs o ON o.i = g.i % 1000,
+         LATERAL flowella.apikey_create(o.org_id, 'key ' || g.i, ARRAY['messages:send']) k;
+SELECT count(flowella.apikey_set_policy(k.key_id,
+                                        ARRAY['10.0.0.0/8', '2001:db8::/32']::cidr[], 1000000))
+  FROM flowella.api_keys k WHERE k.rate_limit_per_minute IS NULL;
+COMMIT;
+SQL
+done
+psql_q -d pol -c "VACUUM ANALYZE" >/dev/null
+echo "keys with a policy: $(psql -XAt -d pol -c 'SELECT count(*) FROM flowella.api_keys WHERE allowed_ips IS NOT NULL')"
+
+# the scripts: (b) bare lookup, (d) the 1.1-style call, (e) with a client IP
+for n in 10000 100000; do
+    cat > "$work/b$n.sql" <<SQL
+\set i random(1, $n)
+SELECT k.key_id, k.secret_hash FROM t JOIN flowella.api_keys k ON k.prefix = left(t.token, 18) WHERE t.i = :i;
+SQL
+    cat > "$work/e$n.sql" <<SQL
+\set i random(1, $n)
+\set ip random(1, 100000)
+SELECT * FROM flowella.apikey_verify((SELECT token FROM t WHERE i = :i), 'messages' || chr(58) || 'send', '10.0.0.0'::inet + :ip);
+SQL
+done
+cat > "$work/d10000.sql" <<'SQL'
+\set i random(1, 10000)
+SELECT * FROM flowella.apikey_verify((SELECT token FROM t WHERE i = :i), 'messages' || chr(58) || 'send');
+SQL
+
+b10=(); d10=(); e10=(); b100=(); e100=()
+for r in $(seq 1 "$rounds"); do
+    read -r tps n < <(run b10000);  b10+=("$tps")
+    read -r tps n < <(run d10000);  d10+=("$tps"); calls=$((calls + n))
+    read -r tps n < <(run e10000);  e10+=("$tps"); calls=$((calls + n))
+    read -r tps n < <(run b100000); b100+=("$tps")
+    read -r tps n < <(run e100000); e100+=("$tps"); calls=$((calls + n))
+    echo "round $r: b10k ${b10[-1]}  d10k ${d10[-1]}  e10k ${e10[-1]}  b100k ${b100[-1]}  e100k ${e100[-1]} TPS"
+done
+echo "(a) verify with client IP, allowlist, rate limit, usage / bare lookup (10 000 keys) = $(ratio_median e10 b10)   (target >= 0.9)"
+echo "    1.1-style verify (scope, no IP: IP_DENIED on these keys; usage counted) / bare lookup = $(ratio_median d10 b10)"
+echo "(b) the same over 100 000 keys x 100 000 client IPs / bare lookup = $(ratio_median e100 b100)   (target >= 0.85)"
+
+echo "== (c) flushing what the load left pending"
+psql -X -d pol -c "SELECT buckets, requests_counted, requests_pending, requests_written, requests_folded, requests_overflowed FROM flowella.usage_stats()"
+start=$(date +%s.%N)
+psql_q -c "ALTER SYSTEM SET flowella.usage_flush_interval = 1" -c "SELECT pg_reload_conf()" >/dev/null
+for _ in $(seq 1 6000); do
+    [ "$(psql -XAt -d pol -c 'SELECT requests_pending = 0 FROM flowella.usage_stats()')" = t ] && break
+    sleep 0.1
+done
+end=$(date +%s.%N)
+printf "pending counts written in %.1f s after the flush was asked for\n" "$(echo "$end - $start" | bc -l)"
+psql -X -d pol -c "SELECT buckets, requests_counted, requests_pending, requests_written, requests_folded, requests_overflowed FROM flowella.usage_stats()"
+in_table=$(psql -XAt -d pol -c "SELECT coalesce(sum(requests), 0) FROM flowella.api_key_usage")
+rows=$(psql -XAt -d pol -c "SELECT count(*) FROM flowella.api_key_usage")
+echo "verify calls made: $calls; requests in flowella.api_key_usage: $in_table ($rows rows)   (target: equal)"
+rm -rf "$work"
