@@ -131,15 +131,36 @@ extern const char *flwl_rate_limit_problem(int32 limit);
 extern void flwl_verify_init(void);
 
 /*
+ * Outcome codes of apikey_verify (flowella_verify.c), in the order its
+ * checks run; flwl_verify_code_names holds their names.  The usage pipeline
+ * counts by the same codes.
+ */
+typedef enum FlwlVerifyCode
+{
+	FLWL_VC_VALID,
+	FLWL_VC_MALFORMED,
+	FLWL_VC_NOT_FOUND,
+	FLWL_VC_REVOKED,
+	FLWL_VC_EXPIRED,
+	FLWL_VC_INSUFFICIENT_SCOPE,
+	FLWL_VC_IP_DENIED,
+	FLWL_VC_RATE_LIMITED
+} FlwlVerifyCode;
+
+#define FLWL_VC_COUNT	(FLWL_VC_RATE_LIMITED + 1)
+
+extern const char *const flwl_verify_code_names[FLWL_VC_COUNT];
+
+/*
  * The usage pipeline (flowella_usage.c): flwl_usage_count counts one
- * request of a key that verify identified, answered with code (its name),
+ * request of a key that verify identified, answered with code,
  * in its per-minute bucket by client IP and required scope (NULL when not
  * given), and notes a VALID one as the key's last use.  No table write, no
  * lock wait, no palloc.
  */
 extern void flwl_usage_init(void);
 extern void flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when,
-							 const char *code, const inet *client_ip,
+							 FlwlVerifyCode code, const inet *client_ip,
 							 const text *scope);
 
 /*

@@ -151,18 +151,14 @@ static char *usage_retention = NULL;	/* an interval, "90 days" */
 /* The file of pending counts kept over a clean restart. */
 #define USAGE_DUMP_FILE		PGSTAT_STAT_PERMANENT_DIRECTORY "/flowella_usage.stat"
 #define USAGE_DUMP_MAGIC	0x464c5755	/* "FLWU" */
-#define USAGE_DUMP_FORMAT	1
+#define USAGE_DUMP_FORMAT	2	/* 2: codes are FlwlVerifyCode values */
 
 /*
- * Codes counted, by their index in a bucket.  MALFORMED and NOT_FOUND
- * identify no key and are never counted.
+ * A bucket's code is an FlwlVerifyCode.  MALFORMED and NOT_FOUND identify
+ * no key and are never counted.
  */
-static const char *const usage_code_names[] = {
-	"VALID", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE", "IP_DENIED",
-	"RATE_LIMITED"
-};
-
-#define USAGE_CODE_VALID	0
+#define USAGE_CODE_COUNTED(code) \
+	((code) < FLWL_VC_COUNT && (code) != FLWL_VC_MALFORMED && (code) != FLWL_VC_NOT_FOUND)
 
 /*---- Shared state ----*/
 
@@ -184,7 +180,7 @@ typedef struct UsageEntry
 typedef struct BucketKey
 {
 	Oid			dbid;
-	uint8		code;			/* index into usage_code_names */
+	uint8		code;			/* an FlwlVerifyCode */
 	uint8		ip_family;		/* PGSQL_AF_INET(6), or 0: no client IP */
 	uint8		ip_bits;
 	uint8		scope_len;		/* 0: no scope */
@@ -242,9 +238,10 @@ static void usage_shmem_startup(void);
 static void usage_shmem_shutdown(int code, Datum arg);
 static void usage_load(void);
 static bool lastuse_put_locked(const UsageKey *key, TimestampTz when);
-static void bucket_add_locked(const BucketKey *key, uint64 n, bool *folded);
+static bool bucket_add_locked(const BucketKey *key, uint64 n, bool *folded);
 static void wake_launcher(void);
 static void entry_round_failed(UsageEntry *entry);
+static void lastuse_settle_database_locked(Oid dbid, bool forget);
 static void database_round_failed(Oid dbid);
 static void report_round_done(Oid dbid);
 
@@ -589,10 +586,10 @@ usage_load(void)
 
 		if (fread(&rec, sizeof(rec), 1, file) != 1)
 			goto bad;
-		if (rec.requests == 0 || rec.key.code >= lengthof(usage_code_names) ||
+		if (rec.requests == 0 || !USAGE_CODE_COUNTED(rec.key.code) ||
 			rec.key.scope_len > USAGE_SCOPE_MAX)
 			continue;
-		bucket_add_locked(&rec.key, rec.requests, &folded);
+		(void) bucket_add_locked(&rec.key, rec.requests, &folded);
 		pg_atomic_fetch_add_u64(&usage->counted, rec.requests);
 		requests += rec.requests;
 	}
@@ -665,10 +662,11 @@ bucket_is_coarse(const BucketKey *key)
  * Add n requests to the bucket key, creating it if need be.  Detailed
  * buckets may take three quarters of the table; past that the request is
  * folded into the key's coarse bucket (*folded set), which may take the
- * rest; if even that is full, the requests are counted as overflowed.
- * Caller holds the lock exclusively (or is alone, loading the file).
+ * rest; if even that is full, the requests are counted as overflowed and
+ * false is returned.  Caller holds the lock exclusively (or is alone,
+ * loading the file).
  */
-static void
+static bool
 bucket_add_locked(const BucketKey *key, uint64 n, bool *folded)
 {
 	BucketEntry *entry;
@@ -701,9 +699,12 @@ bucket_add_locked(const BucketKey *key, uint64 n, bool *folded)
 	}
 
 	if (entry == NULL)
+	{
 		pg_atomic_fetch_add_u64(&usage->overflowed, n);
-	else
-		pg_atomic_fetch_add_u64(&entry->requests, n);
+		return false;
+	}
+	pg_atomic_fetch_add_u64(&entry->requests, n);
+	return true;
 }
 
 /*
@@ -723,16 +724,6 @@ wake_launcher(void)
 		SetLatch(latch);
 }
 
-/* The index of a counted code, or -1. */
-static int
-usage_code_index(const char *code)
-{
-	for (int i = 0; i < (int) lengthof(usage_code_names); i++)
-		if (strcmp(code, usage_code_names[i]) == 0)
-			return i;
-	return -1;
-}
-
 /*
  * Count one request of key_id (in the current database) that verify
  * answered with code, at when, from client_ip and for scope (either may be
@@ -745,14 +736,13 @@ usage_code_index(const char *code)
  * (which cannot write the counts: they would only fill the table).
  */
 void
-flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, const char *code,
+flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 				 const inet *client_ip, const text *scope)
 {
 	BucketKey	key;
 	UsageKey	ukey;
 	BucketEntry *bucket;
 	UsageEntry *entry = NULL;
-	int			code_index;
 	bool		valid;
 	bool		folded = false;
 	bool		overflowed = false;
@@ -760,14 +750,13 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, const char *code,
 	if (usage == NULL || bucket_hash == NULL || RecoveryInProgress())
 		return;
 
-	code_index = usage_code_index(code);
-	if (code_index < 0)
+	if (!USAGE_CODE_COUNTED(code))
 		return;
-	valid = (code_index == USAGE_CODE_VALID);
+	valid = (code == FLWL_VC_VALID);
 
 	memset(&key, 0, sizeof(key));
 	key.dbid = MyDatabaseId;
-	key.code = (uint8) code_index;
+	key.code = (uint8) code;
 	memcpy(&key.key_id, key_id, sizeof(pg_uuid_t));
 	key.minute = when - when % USECS_PER_MINUTE;
 	if (when % USECS_PER_MINUTE < 0)
@@ -816,15 +805,9 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, const char *code,
 
 	if (bucket == NULL || (valid && entry == NULL))
 	{
-		uint64		overflowed_before = 0;
-
 		LWLockAcquire(usage->lock, LW_EXCLUSIVE);
 		if (bucket == NULL)
-		{
-			overflowed_before = pg_atomic_read_u64(&usage->overflowed);
-			bucket_add_locked(&key, 1, &folded);
-			overflowed = pg_atomic_read_u64(&usage->overflowed) != overflowed_before;
-		}
+			overflowed = !bucket_add_locked(&key, 1, &folded);
 		if (valid && entry == NULL)
 			(void) lastuse_put_locked(&ukey, when);
 		LWLockRelease(usage->lock);
@@ -972,6 +955,29 @@ entry_round_failed(UsageEntry *entry)
 }
 
 /*
+ * Settle every last use of dbid at once: forget them (the database is
+ * gone) or count a failed round against each.  Caller holds the lock
+ * exclusively; removing the entry a scan just returned is safe.
+ */
+static void
+lastuse_settle_database_locked(Oid dbid, bool forget)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->key.dbid != dbid)
+			continue;
+		if (forget)
+			hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
+		else
+			entry_round_failed(entry);
+	}
+}
+
+/*
  * A flush worker for dbid ended without settling its entries: it could not
  * start or connect (datallowconn = false, say), or died.  Count the round
  * against every last use of the database, as a failed flush would.  Its
@@ -980,17 +986,10 @@ entry_round_failed(UsageEntry *entry)
 static void
 database_round_failed(Oid dbid)
 {
-	HASH_SEQ_STATUS seq;
-	UsageEntry *entry;
-
 	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
-	hash_seq_init(&seq, usage_hash);
-	while ((entry = hash_seq_search(&seq)) != NULL)
-		if (entry->key.dbid == dbid)
-			entry_round_failed(entry);	/* removing the current entry is safe */
+	lastuse_settle_database_locked(dbid, false);
 	LWLockRelease(usage->lock);
 }
-
 /* Tell the launcher that this worker settled its database's entries. */
 static void
 report_round_done(Oid dbid)
@@ -1020,14 +1019,10 @@ static void
 forget_database(Oid dbid)
 {
 	HASH_SEQ_STATUS seq;
-	UsageEntry *entry;
 	BucketEntry *bucket;
 
 	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
-	hash_seq_init(&seq, usage_hash);
-	while ((entry = hash_seq_search(&seq)) != NULL)
-		if (entry->key.dbid == dbid)
-			hash_search(usage_hash, &entry->key, HASH_REMOVE, NULL);
+	lastuse_settle_database_locked(dbid, true);
 	hash_seq_init(&seq, bucket_hash);
 	while ((bucket = hash_seq_search(&seq)) != NULL)
 		if (bucket->key.dbid == dbid)
@@ -1174,12 +1169,18 @@ flowella_usage_launcher_main(Datum main_arg)
 
 /*---- Flush worker ----*/
 
-/* Whether this database has the usage table (a schema of 1.3 or later). */
+/*
+ * Whether this database has the extension and its usage table (a schema of
+ * 1.3 or later): a dropped extension leaves its schema behind.
+ */
 static bool
-usage_table_exists(void)
+usage_table_usable(void)
 {
-	Oid			nsp = get_namespace_oid("flowella", true);
+	Oid			nsp;
 
+	if (!OidIsValid(get_extension_oid("flowella_apikey", true)))
+		return false;
+	nsp = get_namespace_oid("flowella", true);
 	return OidIsValid(nsp) && OidIsValid(get_relname_relid("api_key_usage", nsp));
 }
 
@@ -1282,7 +1283,7 @@ write_buckets(int n, BucketKey *keys, uint64 *counts, bool *discarded)
 		else
 			cols[3][i] = PointerGetDatum(cstring_to_text_with_len(keys[i].scope,
 																  keys[i].scope_len));
-		cols[4][i] = PointerGetDatum(cstring_to_text(usage_code_names[keys[i].code]));
+		cols[4][i] = PointerGetDatum(cstring_to_text(flwl_verify_code_names[keys[i].code]));
 		cols[5][i] = Int64GetDatum((int64) counts[i]);
 	}
 	{
@@ -1308,8 +1309,7 @@ write_buckets(int n, BucketKey *keys, uint64 *counts, bool *discarded)
 	{
 		int			pinned = start_flush_transaction("flowella: flushing API key usage");
 
-		if (!OidIsValid(get_extension_oid("flowella_apikey", true)) ||
-			!usage_table_exists())
+		if (!usage_table_usable())
 			*discarded = true;
 		else if (SPI_execute_with_args(BUCKET_INSERT_SQL, 6,
 									   (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID,
@@ -1560,8 +1560,7 @@ prune_usage(void)
 		{
 			int			pinned = start_flush_transaction("flowella: pruning API key usage");
 
-			if (!OidIsValid(get_extension_oid("flowella_apikey", true)) ||
-				!usage_table_exists())
+			if (!usage_table_usable())
 				stop = true;
 			else if (SPI_execute_with_args("DELETE FROM flowella.api_key_usage"
 										   " WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("

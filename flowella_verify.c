@@ -127,20 +127,7 @@ static uint64 plan_cache_generation = 0;	/* bumped at each reset */
 static int	plan_cache_pins = 0;
 static MemoryContext plan_cache_retired = NULL;
 
-/* Outcome codes of apikey_verify, indexes into verify_code_names. */
-typedef enum VerifyCode
-{
-	VC_VALID,
-	VC_MALFORMED,
-	VC_NOT_FOUND,
-	VC_REVOKED,
-	VC_EXPIRED,
-	VC_INSUFFICIENT_SCOPE,
-	VC_IP_DENIED,
-	VC_RATE_LIMITED
-} VerifyCode;
-
-static const char *const verify_code_names[] = {
+const char *const flwl_verify_code_names[FLWL_VC_COUNT] = {
 	"VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE",
 	"IP_DENIED", "RATE_LIMITED"
 };
@@ -158,7 +145,7 @@ typedef struct RateAnswer
 #define VERIFY_NATTS_1_0	6
 #define VERIFY_NATTS_1_3	8
 
-static text *verify_code_texts[lengthof(verify_code_names)];
+static text *verify_code_texts[FLWL_VC_COUNT];
 static text *mode_texts[FLWL_MODE_TEST + 1];
 
 /* Descriptor of flowella.verification, and the relation of that type. */
@@ -188,9 +175,9 @@ static void plan_cache_reset(void);
 static void plan_cache_unpin(void);
 static const FlwlScopeSet *plan_scopes_of_org(Datum org_id, Snapshot snapshot);
 static TupleDesc verification_desc(FunctionCallInfo fcinfo);
-static bool client_ip_allowed(Datum allowed_ips, FunctionCallInfo fcinfo);
+static bool client_ip_allowed(Datum allowed_ips, const inet *client);
 static Datum verify_body(FunctionCallInfo fcinfo);
-static Datum verification_result(FunctionCallInfo fcinfo, VerifyCode code,
+static Datum verification_result(FunctionCallInfo fcinfo, FlwlVerifyCode code,
 								 Datum key_id, Datum org_id, Datum scopes,
 								 bool scopes_null, FlwlMode mode,
 								 const RateAnswer *rate);
@@ -599,8 +586,8 @@ verification_desc(FunctionCallInfo fcinfo)
 		/* the constant texts of the result, made once per backend */
 		if (verify_code_texts[0] == NULL)
 		{
-			for (size_t i = 0; i < lengthof(verify_code_names); i++)
-				verify_code_texts[i] = cstring_to_text(verify_code_names[i]);
+			for (int i = 0; i < FLWL_VC_COUNT; i++)
+				verify_code_texts[i] = cstring_to_text(flwl_verify_code_names[i]);
 			mode_texts[FLWL_MODE_LIVE] = cstring_to_text(flwl_mode_name(FLWL_MODE_LIVE));
 			mode_texts[FLWL_MODE_TEST] = cstring_to_text(flwl_mode_name(FLWL_MODE_TEST));
 		}
@@ -617,7 +604,7 @@ verification_desc(FunctionCallInfo fcinfo)
  * cache, which the caller keeps pinned; heap_form_tuple copies it.
  */
 static Datum
-verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
+verification_result(FunctionCallInfo fcinfo, FlwlVerifyCode code, Datum key_id,
 					Datum org_id, Datum scopes, bool scopes_null, FlwlMode mode,
 					const RateAnswer *rate)
 {
@@ -630,7 +617,7 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 		elog(ERROR, "flowella.verification has %d columns, expected %d or %d",
 			 tupdesc->natts, VERIFY_NATTS_1_0, VERIFY_NATTS_1_3);
 
-	values[0] = BoolGetDatum(code == VC_VALID);
+	values[0] = BoolGetDatum(code == FLWL_VC_VALID);
 	nulls[0] = false;
 	values[1] = PointerGetDatum(verify_code_texts[code]);
 	nulls[1] = false;
@@ -651,24 +638,22 @@ verification_result(FunctionCallInfo fcinfo, VerifyCode code, Datum key_id,
 }
 
 /*
- * Whether the client address (the third argument; none or NULL is denied)
+ * Whether the client address (NULL when not given: denied)
  * lies in one of the networks of a key's allowlist (<<=, so IPv4 and IPv6
  * networks each match only their own family).  The allowlist is read while
  * the caller's slot pins its page; detoasting it may accept invalidations.
  */
 static bool
-client_ip_allowed(Datum allowed_ips, FunctionCallInfo fcinfo)
+client_ip_allowed(Datum allowed_ips, const inet *client)
 {
 	ArrayType  *arr;
 	Datum	   *nets;
 	bool	   *nulls;
 	int			n;
-	Datum		client;
 	bool		allowed = false;
 
-	if (PG_NARGS() < 3 || PG_ARGISNULL(2))
+	if (client == NULL)
 		return false;
-	client = PG_GETARG_DATUM(2);
 
 	arr = DatumGetArrayTypeP(allowed_ips);
 	if (ARR_ELEMTYPE(arr) != CIDROID)
@@ -676,7 +661,9 @@ client_ip_allowed(Datum allowed_ips, FunctionCallInfo fcinfo)
 	deconstruct_array(arr, CIDROID, -1, false, TYPALIGN_INT, &nets, &nulls, &n);
 	for (int i = 0; i < n && !allowed; i++)
 		allowed = !nulls[i] &&
-			DatumGetBool(DirectFunctionCall2(network_subeq, client, nets[i]));
+			DatumGetBool(DirectFunctionCall2(network_subeq,
+											 InetPGetDatum(unconstify(inet *, client)),
+											 nets[i]));
 	return allowed;
 }
 
@@ -695,7 +682,7 @@ client_ip_allowed(Datum allowed_ips, FunctionCallInfo fcinfo)
  * RATE_LIMITED.
  *
  * The plan cache stays pinned for the whole call: the plan's scopes are
- * read from it before the key's scopes and the required scope are detoasted
+ * read from it before the key's scopes and its allowlist are detoasted
  * and before the result descriptor is looked up, and any of these may reset
  * it.  A pin costs less than copying thousands of scopes on every call.
  * An error leaves the pin to plan_cache_xact_callback.
@@ -724,7 +711,7 @@ verify_body(FunctionCallInfo fcinfo)
 	VerifyRels	r;
 	Relation	rels[2];
 	TupleTableSlot *slot;
-	VerifyCode	code;
+	FlwlVerifyCode	code;
 	Datum		key_id = (Datum) 0;
 	Datum		org_id = (Datum) 0;
 	Datum		scopes = (Datum) 0;
@@ -733,22 +720,31 @@ verify_body(FunctionCallInfo fcinfo)
 	bool		isnull;
 	TimestampTz now = 0;
 	RateAnswer	rate = {0};
+	text	   *required;
+	inet	   *client;
 
 	if (PG_ARGISNULL(0))
-		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0, NULL);
+		return verification_result(fcinfo, FLWL_VC_MALFORMED, 0, 0, 0, true, 0, NULL);
 
 	/* Anything longer than a token is malformed: do not even detoast it. */
 	if (toast_raw_datum_size(PG_GETARG_DATUM(0)) != VARHDRSZ + FLWL_TOKEN_LEN)
-		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0, NULL);
+		return verification_result(fcinfo, FLWL_VC_MALFORMED, 0, 0, 0, true, 0, NULL);
 
 	token = PG_GETARG_TEXT_PP(0);
 	tok = VARDATA_ANY(token);
 	len = VARSIZE_ANY_EXHDR(token);
 	mode = flwl_token_parse(tok, len);
 	if (mode == FLWL_MODE_INVALID)
-		return verification_result(fcinfo, VC_MALFORMED, 0, 0, 0, true, 0, NULL);
+		return verification_result(fcinfo, FLWL_VC_MALFORMED, 0, 0, 0, true, 0, NULL);
 
 	flwl_token_hash(tok, len, hash);
+
+	/*
+	 * The other arguments, detoasted once and before any cache is read (see
+	 * the header on invalidations); the third exists from 1.3 on.
+	 */
+	required = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	client = (PG_NARGS() >= 3 && !PG_ARGISNULL(2)) ? PG_GETARG_INET_PP(2) : NULL;
 
 	/* see plan changes committed since the last call, even mid-transaction */
 	AcceptInvalidationMessages();
@@ -760,7 +756,7 @@ verify_body(FunctionCallInfo fcinfo)
 	if (!probe_unique(rels[0], rels[1], F_TEXTEQ, C_COLLATION_OID,
 					  PointerGetDatum(cstring_to_text_with_len(tok, FLWL_PREFIX_LEN)),
 					  snapshot, slot))
-		code = VC_NOT_FOUND;
+		code = FLWL_VC_NOT_FOUND;
 	else
 	{
 		bytea	   *stored;
@@ -769,7 +765,7 @@ verify_body(FunctionCallInfo fcinfo)
 		stored = isnull ? NULL : DatumGetByteaPP(d);
 		if (stored == NULL || VARSIZE_ANY_EXHDR(stored) != FLWL_HASH_LEN ||
 			sodium_memcmp(VARDATA_ANY(stored), hash, FLWL_HASH_LEN) != 0)
-			code = VC_NOT_FOUND;
+			code = FLWL_VC_NOT_FOUND;
 		else
 		{
 			key_id = datumCopy(slot_getattr(slot, r.k_key_id, &isnull), false, UUID_LEN);
@@ -778,17 +774,17 @@ verify_body(FunctionCallInfo fcinfo)
 			now = GetCurrentTimestamp();
 			slot_getattr(slot, r.k_revoked_at, &isnull);
 			if (!isnull)
-				code = VC_REVOKED;
+				code = FLWL_VC_REVOKED;
 			else
 			{
 				d = slot_getattr(slot, r.k_expires_at, &isnull);
 				if (!isnull && DatumGetTimestampTz(d) <= now)
-					code = VC_EXPIRED;
+					code = FLWL_VC_EXPIRED;
 				else
-					code = VC_VALID;
+					code = FLWL_VC_VALID;
 			}
 
-			if (code == VC_VALID)
+			if (code == FLWL_VC_VALID)
 			{
 				Datum		key_scopes;
 				bool		key_scopes_null;
@@ -801,20 +797,19 @@ verify_body(FunctionCallInfo fcinfo)
 				scopes = effective.array;
 				scopes_null = false;
 
-				if (!PG_ARGISNULL(1) &&
-					!flwl_scope_set_has(&effective,
-										PointerGetDatum(PG_GETARG_TEXT_PP(1))))
-					code = VC_INSUFFICIENT_SCOPE;
+				if (required != NULL &&
+					!flwl_scope_set_has(&effective, PointerGetDatum(required)))
+					code = FLWL_VC_INSUFFICIENT_SCOPE;
 			}
 
 			/* the key's policy: no columns (before 1.3) or NULL, none */
-			if (code == VC_VALID && r.k_allowed_ips != InvalidAttrNumber)
+			if (code == FLWL_VC_VALID && r.k_allowed_ips != InvalidAttrNumber)
 			{
 				d = slot_getattr(slot, r.k_allowed_ips, &isnull);
-				if (!isnull && !client_ip_allowed(d, fcinfo))
-					code = VC_IP_DENIED;
+				if (!isnull && !client_ip_allowed(d, client))
+					code = FLWL_VC_IP_DENIED;
 			}
-			if (code == VC_VALID && r.k_rate_limit != InvalidAttrNumber)
+			if (code == FLWL_VC_VALID && r.k_rate_limit != InvalidAttrNumber)
 			{
 				d = slot_getattr(slot, r.k_rate_limit, &isnull);
 				if (!isnull)
@@ -825,7 +820,7 @@ verify_body(FunctionCallInfo fcinfo)
 						rate.has_remaining = (rate.remaining >= 0);
 					else
 					{
-						code = VC_RATE_LIMITED;
+						code = FLWL_VC_RATE_LIMITED;
 						rate.has_remaining = true;
 						rate.remaining = 0;
 						rate.has_retry = true;
@@ -847,10 +842,7 @@ verify_body(FunctionCallInfo fcinfo)
 	 * (a VALID one is also the key's last use): shared memory only.
 	 */
 	if (key_id != (Datum) 0)
-		flwl_usage_count(DatumGetUUIDP(key_id), now, verify_code_names[code],
-						 (PG_NARGS() >= 3 && !PG_ARGISNULL(2)) ?
-						 PG_GETARG_INET_PP(2) : NULL,
-						 PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1));
+		flwl_usage_count(DatumGetUUIDP(key_id), now, code, client, required);
 
 	/* a detoasted copy of the token is ours to wipe */
 	if ((Pointer) token != DatumGetPointer(PG_GETARG_DATUM(0)))
