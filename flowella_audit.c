@@ -297,14 +297,12 @@ flowella_api_keys_audit(PG_FUNCTION_ARGS)
 		record_add_column(&rec, trigdata, newtup, "scopes");
 		record_add_column(&rec, trigdata, newtup, "expires_at");
 		record_add_column(&rec, trigdata, newtup, "replaces_key_id");
-		if (!with_policy)
+		if (with_policy)
 		{
-			record_write(&q_key_created, &rec, rel);
-			return PointerGetDatum(NULL);
+			record_add_column(&rec, trigdata, newtup, "allowed_ips");
+			record_add_column(&rec, trigdata, newtup, "rate_limit_per_minute");
 		}
-		record_add_column(&rec, trigdata, newtup, "allowed_ips");
-		record_add_column(&rec, trigdata, newtup, "rate_limit_per_minute");
-		record_write(&q_key_created_1_3, &rec, rel);
+		record_write(with_policy ? &q_key_created_1_3 : &q_key_created, &rec, rel);
 		return PointerGetDatum(NULL);
 	}
 

@@ -131,7 +131,7 @@ const char *
 flwl_rate_limit_problem(int32 limit)
 {
 	if (limit < 1 || limit > FLWL_RATE_LIMIT_MAX)
-		return "A rate limit is from 1 to 1000000 requests per minute; NULL sets no limit.";
+		return "A rate limit is from 1 to " CppAsString2(FLWL_RATE_LIMIT_MAX) " requests per minute; NULL sets no limit.";
 	return NULL;
 }
 

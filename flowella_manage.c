@@ -67,7 +67,9 @@
  * empty one.
  */
 #define KEYS_NOTICE_THRESHOLD	50
-#define KEYS_COUNT_LIMIT		51	/* KEYS_NOTICE_THRESHOLD + 1 */
+#define KEYS_COUNT_LIMIT		51	/* a literal: it is spliced into SQL */
+StaticAssertDecl(KEYS_COUNT_LIMIT == KEYS_NOTICE_THRESHOLD + 1,
+				 "the count stops at the key that draws the NOTICE");
 
 /*
  * What create_key needs to mint a key: the row it inserts, but for the
@@ -740,7 +742,7 @@ create_key(ReturnSetInfo *rsinfo, const KeySpec *spec)
 	/* once, for the person who makes the 51st, not for every create after */
 	if (spec->active == KEYS_NOTICE_THRESHOLD)
 		ereport(NOTICE,
-				(errmsg("organisation now has %d active API keys", KEYS_NOTICE_THRESHOLD + 1),
+				(errmsg("organisation now has %d active API keys", KEYS_COUNT_LIMIT),
 				 errdetail("It is given when a new key takes an organisation past %d active keys, not for each key after.",
 						   KEYS_NOTICE_THRESHOLD),
 				 errhint("Use one key per integration rather than one per developer: many active keys make rotation and review hard.")));
@@ -813,8 +815,7 @@ replace_key(FunctionCallInfo fcinfo, bool v1_3)
 	bool		with_grace = v1_3 && !PG_ARGISNULL(1);
 	int64		grace = 0;
 	bool		old_revoked;
-	Datum		old_expiry;
-	bool		old_expiry_null;
+	TimestampTz old_expiry = 0;
 	TimestampTz old_created;
 
 	spec.now = GetCurrentTimestamp();
@@ -826,7 +827,6 @@ replace_key(FunctionCallInfo fcinfo, bool v1_3)
 
 	(void) result_value(2, &isnull);
 	old_revoked = !isnull;
-	old_expiry = result_value(6, &old_expiry_null);
 	old_created = DatumGetTimestampTz(result_value(9, &isnull));
 	if (v1_3)
 	{
@@ -844,9 +844,7 @@ replace_key(FunctionCallInfo fcinfo, bool v1_3)
 	spec.expires_at = result_value(6, &spec.expires_null);
 	if (!spec.expires_null)
 	{
-		TimestampTz old_expiry = DatumGetTimestampTz(spec.expires_at);
-		TimestampTz old_created = DatumGetTimestampTz(result_value(9, &isnull));
-
+		old_expiry = DatumGetTimestampTz(spec.expires_at);
 		/* an infinite expiry stays infinite; a finite one keeps its length */
 		if (!TIMESTAMP_NOT_FINITE(old_expiry))
 			spec.expires_at = TimestampTzGetDatum(spec.now +
@@ -879,7 +877,7 @@ replace_key(FunctionCallInfo fcinfo, bool v1_3)
 
 		if (end <= old_created)
 			end = old_created + 1;
-		if (old_expiry_null || end < DatumGetTimestampTz(old_expiry))
+		if (spec.expires_null || end < old_expiry)
 		{
 			Datum		args[2];
 
@@ -1016,10 +1014,10 @@ apikey_set_policy_body(PG_FUNCTION_ARGS)
 	require_unrevoked_key(fcinfo, 0, ERRCODE_INVALID_PARAMETER_VALUE, "policy");
 	check_policy(fcinfo, 1);
 
-	args[0] = PG_GETARG_DATUM(0);
-	for (int i = 1; i <= 2; i++)
+	/* SPI reads no value whose null flag is set */
+	for (int i = 0; i <= 2; i++)
 	{
-		args[i] = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
+		args[i] = PG_GETARG_DATUM(i);
 		nulls[i] = PG_ARGISNULL(i) ? 'n' : ' ';
 	}
 	flwl_query_exec(&q_set_policy, args, nulls, false, 0);

@@ -137,13 +137,7 @@ redact_field(char **field)
 static void
 redact_emit_log_hook(ErrorData *edata)
 {
-	redact_field(&edata->message);
-	redact_field(&edata->detail);
-	redact_field(&edata->detail_log);
-	redact_field(&edata->hint);
-	redact_field(&edata->context);
-	redact_field(&edata->internalquery);
-
+	/* first, so that a detail about to be hidden is not redacted in vain */
 	if (hides_row_detail(edata->schema_name,
 						 ERRCODE_TO_CATEGORY(edata->sqlerrcode) ==
 						 ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION))
@@ -152,6 +146,13 @@ redact_emit_log_hook(ErrorData *edata)
 			edata->detail = pstrdup(HIDDEN_ROW_DETAIL);
 		edata->detail_log = NULL;
 	}
+
+	redact_field(&edata->message);
+	redact_field(&edata->detail);
+	redact_field(&edata->detail_log);
+	redact_field(&edata->hint);
+	redact_field(&edata->context);
+	redact_field(&edata->internalquery);
 
 	if (needs_redaction(debug_query_string))
 	{
@@ -248,8 +249,7 @@ client_message_needs_rewrite(const char *s, size_t len, bool *hide_detail)
 			integrity = strncmp(p, "23", 2) == 0;
 		else if (code == PG_DIAG_MESSAGE_DETAIL)
 			has_detail = true;
-		if (!has_token && memchr(p, 'f', vlen) != NULL &&
-			flwl_contains_token(p, vlen))
+		if (!has_token && needs_redaction(p))	/* p[vlen] is its NUL */
 			has_token = true;
 		p += vlen + 1;
 	}
