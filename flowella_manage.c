@@ -147,33 +147,27 @@ static FlwlQuery q_org_read = {
 };
 
 /* $1 key, $2 actor: the key, if the actor manages its org; locked */
-static FlwlQuery q_key_access = {
-	"SELECT k.org_id, k.revoked_at, k.scopes, k.label, k.mode,"
+#define KEY_ACCESS_COLUMNS \
+	"SELECT k.org_id, k.revoked_at, k.scopes, k.label, k.mode," \
 	"       k.expires_at, o.plan, p.scopes, k.created_at"
-	"  FROM flowella.api_keys k"
-	"  JOIN flowella.members m ON m.org_id OPERATOR(pg_catalog.=) k.org_id"
-	"   AND m.user_id OPERATOR(pg_catalog.=) $2"
-	"   AND m.role OPERATOR(pg_catalog.=) ANY (" FLWL_KEY_MANAGER_ROLES_SQL ")"
-	"  JOIN flowella.orgs o ON o.org_id OPERATOR(pg_catalog.=) k.org_id"
-	"  JOIN flowella.plans p ON p.plan OPERATOR(pg_catalog.=) o.plan"
-	" WHERE k.key_id OPERATOR(pg_catalog.=) $1"
-	"   FOR UPDATE OF k FOR SHARE OF m",
+#define KEY_ACCESS_FROM \
+	"  FROM flowella.api_keys k" \
+	"  JOIN flowella.members m ON m.org_id OPERATOR(pg_catalog.=) k.org_id" \
+	"   AND m.user_id OPERATOR(pg_catalog.=) $2" \
+	"   AND m.role OPERATOR(pg_catalog.=) ANY (" FLWL_KEY_MANAGER_ROLES_SQL ")" \
+	"  JOIN flowella.orgs o ON o.org_id OPERATOR(pg_catalog.=) k.org_id" \
+	"  JOIN flowella.plans p ON p.plan OPERATOR(pg_catalog.=) o.plan" \
+	" WHERE k.key_id OPERATOR(pg_catalog.=) $1" \
+	"   FOR UPDATE OF k FOR SHARE OF m"
+
+static FlwlQuery q_key_access = {
+	KEY_ACCESS_COLUMNS KEY_ACCESS_FROM,
 	2, {UUIDOID, UUIDOID}
 };
 
 /* q_key_access on a 1.3 schema; columns 10 and 11 the key's policy */
 static FlwlQuery q_key_access_1_3 = {
-	"SELECT k.org_id, k.revoked_at, k.scopes, k.label, k.mode,"
-	"       k.expires_at, o.plan, p.scopes, k.created_at,"
-	"       k.allowed_ips, k.rate_limit_per_minute"
-	"  FROM flowella.api_keys k"
-	"  JOIN flowella.members m ON m.org_id OPERATOR(pg_catalog.=) k.org_id"
-	"   AND m.user_id OPERATOR(pg_catalog.=) $2"
-	"   AND m.role OPERATOR(pg_catalog.=) ANY (" FLWL_KEY_MANAGER_ROLES_SQL ")"
-	"  JOIN flowella.orgs o ON o.org_id OPERATOR(pg_catalog.=) k.org_id"
-	"  JOIN flowella.plans p ON p.plan OPERATOR(pg_catalog.=) o.plan"
-	" WHERE k.key_id OPERATOR(pg_catalog.=) $1"
-	"   FOR UPDATE OF k FOR SHARE OF m",
+	KEY_ACCESS_COLUMNS ", k.allowed_ips, k.rate_limit_per_minute" KEY_ACCESS_FROM,
 	2, {UUIDOID, UUIDOID}
 };
 
@@ -189,26 +183,26 @@ static FlwlQuery q_count_active = {
  * the hash of a fresh 190-bit secret never will, and each arbiter index
  * costs a probe before the insert.
  */
+#define INSERT_KEY_COLUMNS \
+	"INSERT INTO flowella.api_keys" \
+	" (org_id, label, prefix, secret_hash, scopes, mode, created_at," \
+	"  created_by, expires_at, replaces_key_id"
+#define INSERT_KEY_VALUES	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10"
+#define INSERT_KEY_CONFLICT	" ON CONFLICT (prefix) DO NOTHING RETURNING key_id"
+#define INSERT_KEY_TYPES \
+	UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTARRAYOID, TEXTOID, \
+	TIMESTAMPTZOID, UUIDOID, TIMESTAMPTZOID, UUIDOID
+
 static FlwlQuery q_insert_key = {
-	"INSERT INTO flowella.api_keys"
-	" (org_id, label, prefix, secret_hash, scopes, mode, created_at,"
-	"  created_by, expires_at, replaces_key_id)"
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-	" ON CONFLICT (prefix) DO NOTHING RETURNING key_id",
-	10, {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTARRAYOID, TEXTOID,
-	TIMESTAMPTZOID, UUIDOID, TIMESTAMPTZOID, UUIDOID}
+	INSERT_KEY_COLUMNS ")" INSERT_KEY_VALUES ")" INSERT_KEY_CONFLICT,
+	10, {INSERT_KEY_TYPES}
 };
 
 /* q_insert_key on a 1.3 schema, with the key's policy */
 static FlwlQuery q_insert_key_1_3 = {
-	"INSERT INTO flowella.api_keys"
-	" (org_id, label, prefix, secret_hash, scopes, mode, created_at,"
-	"  created_by, expires_at, replaces_key_id, allowed_ips,"
-	"  rate_limit_per_minute)"
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-	" ON CONFLICT (prefix) DO NOTHING RETURNING key_id",
-	12, {UUIDOID, TEXTOID, TEXTOID, BYTEAOID, TEXTARRAYOID, TEXTOID,
-	TIMESTAMPTZOID, UUIDOID, TIMESTAMPTZOID, UUIDOID, CIDRARRAYOID, INT4OID}
+	INSERT_KEY_COLUMNS ", allowed_ips, rate_limit_per_minute)"
+	INSERT_KEY_VALUES ", $11, $12)" INSERT_KEY_CONFLICT,
+	12, {INSERT_KEY_TYPES, CIDRARRAYOID, INT4OID}
 };
 
 static FlwlQuery q_revoke = {
