@@ -24,6 +24,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inet.h"
@@ -65,6 +66,13 @@ PG_FUNCTION_INFO_V1(flowella_actor_ip);
 PG_FUNCTION_INFO_V1(flowella_actor_traceparent);
 PG_FUNCTION_INFO_V1(flowella_change_is_restore);
 
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void shmem_request(void);
+static void shmem_startup(void);
 static void actor_xact_callback(XactEvent event, void *arg);
 static void actor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								   SubTransactionId parentSubid, void *arg);
@@ -88,6 +96,14 @@ _PG_init(void)
 		flwl_usage_init();
 		flwl_ratelimit_init();
 #if PG_VERSION_NUM >= 150000
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = shmem_request;
+#else
+		shmem_request();
+#endif
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = shmem_startup;
+#if PG_VERSION_NUM >= 150000
 
 		/*
 		 * Only once every flowella.* setting is defined: reserving the
@@ -102,6 +118,33 @@ _PG_init(void)
 	RegisterXactCallback(actor_xact_callback, NULL);
 	RegisterSubXactCallback(actor_subxact_callback, NULL);
 	flwl_verify_init();
+}
+
+/*---- Shared memory ----*/
+
+/*
+ * Ask for the shared memory and locks of the usage pipeline and the rate
+ * limiter (before PostgreSQL 15, straight from _PG_init).
+ */
+static void
+shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+#endif
+	flwl_usage_shmem_request();
+	flwl_ratelimit_shmem_request();
+}
+
+/* Attach to (or, the first time, build) both modules' shared state. */
+static void
+shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	flwl_usage_shmem_startup();
+	flwl_ratelimit_shmem_startup();
 }
 
 /*---- Request context ----*/

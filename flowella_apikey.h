@@ -159,6 +159,8 @@ extern const char *const flwl_verify_code_names[FLWL_VC_COUNT];
  * lock wait, no palloc.
  */
 extern void flwl_usage_init(void);
+extern void flwl_usage_shmem_request(void);
+extern void flwl_usage_shmem_startup(void);
 extern void flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when,
 							 FlwlVerifyCode code, const inet *client_ip,
 							 const text *scope);
@@ -183,6 +185,8 @@ extern void flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when,
  * refused, for any reason, spends nothing.
  */
 extern void flwl_ratelimit_init(void);
+extern void flwl_ratelimit_shmem_request(void);
+extern void flwl_ratelimit_shmem_startup(void);
 extern bool flwl_ratelimit_take(const pg_uuid_t *key_id, int32 limit_per_minute,
 								TimestampTz now, int32 *remaining,
 								int32 *retry_after_ms);

@@ -54,7 +54,6 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
-#include "storage/ipc.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
@@ -113,18 +112,11 @@ typedef struct RateLimitShared
 static RateLimitShared *ratelimit = NULL;
 static HTAB *ratelimit_hash = NULL;
 
-#if PG_VERSION_NUM >= 150000
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-#endif
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
 /*---- Function declarations ----*/
 
 PG_FUNCTION_INFO_V1(flowella_ratelimit_stats);
 
 static Size ratelimit_memsize(void);
-static void ratelimit_shmem_request(void);
-static void ratelimit_shmem_startup(void);
 static bool sweep_due(TimestampTz now);
 static void sweep(TimestampTz now);
 static void lower_next_full(TimestampTz full_at);
@@ -135,7 +127,7 @@ static bool pass_untracked(int32 *remaining, int32 *retry_after_ms,
 
 /*
  * Called from _PG_init while shared_preload_libraries is processed: define
- * the GUC and ask for shared memory.
+ * the GUC (its shared memory is asked for by flwl_ratelimit_shmem_request).
  */
 void
 flwl_ratelimit_init(void)
@@ -148,15 +140,6 @@ flwl_ratelimit_init(void)
 							100000, 100, 10000000,
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
-
-#if PG_VERSION_NUM >= 150000
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = ratelimit_shmem_request;
-#else
-	ratelimit_shmem_request();
-#endif
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = ratelimit_shmem_startup;
 }
 
 static Size
@@ -166,25 +149,20 @@ ratelimit_memsize(void)
 					hash_estimate_size(ratelimit_max_keys, sizeof(RateLimitEntry)));
 }
 
-static void
-ratelimit_shmem_request(void)
+/* The shmem_request_hook part of the rate limiter (flowella_apikey.c). */
+void
+flwl_ratelimit_shmem_request(void)
 {
-#if PG_VERSION_NUM >= 150000
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-#endif
 	RequestAddinShmemSpace(ratelimit_memsize());
 	RequestNamedLWLockTranche("flowella_apikey ratelimit", 1);
 }
 
-static void
-ratelimit_shmem_startup(void)
+/* The shmem_startup_hook part of the rate limiter (flowella_apikey.c). */
+void
+flwl_ratelimit_shmem_startup(void)
 {
 	bool		found;
 	HASHCTL		info;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	ratelimit = ShmemInitStruct("flowella_apikey ratelimit",

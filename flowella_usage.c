@@ -219,11 +219,6 @@ static UsageShared *usage = NULL;
 static HTAB *usage_hash = NULL;
 static HTAB *bucket_hash = NULL;
 
-#if PG_VERSION_NUM >= 150000
-static shmem_request_hook_type prev_shmem_request_hook = NULL;
-#endif
-static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-
 /*---- Function declarations ----*/
 
 PG_FUNCTION_INFO_V1(flowella_usage_stats);
@@ -233,8 +228,6 @@ PGDLLEXPORT void flowella_usage_flush_main(Datum main_arg);
 
 static bool usage_retention_check(char **newval, void **extra, GucSource source);
 static Size usage_memsize(void);
-static void usage_shmem_request(void);
-static void usage_shmem_startup(void);
 static void usage_shmem_shutdown(int code, Datum arg);
 static void usage_load(void);
 static bool lastuse_put_locked(const UsageKey *key, TimestampTz when);
@@ -249,7 +242,8 @@ static void report_round_done(Oid dbid);
 
 /*
  * Called from _PG_init while shared_preload_libraries is processed: define
- * the GUCs, ask for shared memory and register the launcher.
+ * the GUCs and register the launcher (flwl_usage_shmem_request asks for the
+ * shared memory).
  */
 void
 flwl_usage_init(void)
@@ -284,14 +278,6 @@ flwl_usage_init(void)
 							   "90 days",
 							   PGC_SIGHUP, 0,
 							   usage_retention_check, NULL, NULL);
-#if PG_VERSION_NUM >= 150000
-	prev_shmem_request_hook = shmem_request_hook;
-	shmem_request_hook = usage_shmem_request;
-#else
-	usage_shmem_request();
-#endif
-	prev_shmem_startup_hook = shmem_startup_hook;
-	shmem_startup_hook = usage_shmem_startup;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -350,29 +336,24 @@ usage_memsize(void)
 	return add_size(size, hash_estimate_size(usage_max_buckets, sizeof(BucketEntry)));
 }
 
-static void
-usage_shmem_request(void)
+/* The shmem_request_hook part of the usage pipeline (flowella_apikey.c). */
+void
+flwl_usage_shmem_request(void)
 {
-#if PG_VERSION_NUM >= 150000
-	if (prev_shmem_request_hook)
-		prev_shmem_request_hook();
-#endif
 	RequestAddinShmemSpace(usage_memsize());
 	RequestNamedLWLockTranche("flowella_apikey", 1);
 }
 
 /*
- * Build the shared state; in the postmaster, load what a clean shutdown
+ * The shmem_startup_hook part of the usage pipeline (flowella_apikey.c):
+ * build the shared state; in the postmaster, load what a clean shutdown
  * left pending and arrange for the next shutdown to save it.
  */
-static void
-usage_shmem_startup(void)
+void
+flwl_usage_shmem_startup(void)
 {
 	bool		found;
 	HASHCTL		info;
-
-	if (prev_shmem_startup_hook)
-		prev_shmem_startup_hook();
 
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	usage = ShmemInitStruct("flowella_apikey usage", sizeof(UsageShared), &found);
