@@ -18,6 +18,7 @@
 #define FLOWELLA_APIKEY_H
 
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "utils/array.h"
@@ -150,6 +151,25 @@ typedef enum FlwlVerifyCode
 #define FLWL_VC_COUNT	(FLWL_VC_RATE_LIMITED + 1)
 
 extern const char *const flwl_verify_code_names[FLWL_VC_COUNT];
+
+/*
+ * A key in one database: the hash key of the shared per-key tables (last
+ * uses, rate-limit buckets), whose memory every database shares.  Zeroed
+ * before it is filled (HASH_BLOBS compares the padding too).
+ */
+typedef struct FlwlDbKey
+{
+	Oid			dbid;
+	pg_uuid_t	key_id;
+} FlwlDbKey;
+
+static inline void
+flwl_db_key_set(FlwlDbKey *key, const pg_uuid_t *key_id)
+{
+	memset(key, 0, sizeof(*key));
+	key->dbid = MyDatabaseId;
+	memcpy(&key->key_id, key_id, sizeof(pg_uuid_t));
+}
 
 /*
  * The usage pipeline (flowella_usage.c): flwl_usage_count counts one

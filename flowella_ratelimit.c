@@ -79,15 +79,9 @@ static int	ratelimit_max_keys = 100000;
 
 /*---- Shared state ----*/
 
-typedef struct RateLimitKey
-{
-	Oid			dbid;
-	pg_uuid_t	key_id;
-} RateLimitKey;
-
 typedef struct RateLimitEntry
 {
-	RateLimitKey key;			/* hash key: must be first */
+	FlwlDbKey	key;			/* hash key: must be first */
 	slock_t		mutex;			/* protects bucket */
 	FlwlBucket	bucket;
 } RateLimitEntry;
@@ -117,6 +111,9 @@ static HTAB *ratelimit_hash = NULL;
 PG_FUNCTION_INFO_V1(flowella_ratelimit_stats);
 
 static Size ratelimit_memsize(void);
+static bool entry_take(RateLimitEntry *entry, int32 limit_per_minute,
+					   TimestampTz now, int32 *remaining,
+					   int32 *retry_after_ms);
 static bool sweep_due(TimestampTz now);
 static void sweep(TimestampTz now);
 static void lower_next_full(TimestampTz full_at);
@@ -177,7 +174,7 @@ flwl_ratelimit_shmem_startup(void)
 		pg_atomic_init_u64(&ratelimit->untracked, 0);
 	}
 	memset(&info, 0, sizeof(info));
-	info.keysize = sizeof(RateLimitKey);
+	info.keysize = sizeof(FlwlDbKey);
 	info.entrysize = sizeof(RateLimitEntry);
 	ratelimit_hash = ShmemInitHash("flowella_apikey ratelimit hash",
 								   ratelimit_max_keys, ratelimit_max_keys,
@@ -196,10 +193,9 @@ bool
 flwl_ratelimit_take(const pg_uuid_t *key_id, int32 limit_per_minute,
 					TimestampTz now, int32 *remaining, int32 *retry_after_ms)
 {
-	RateLimitKey key;
+	FlwlDbKey	key;
 	RateLimitEntry *entry;
 	bool		allowed;
-	TimestampTz full_at;
 
 	if (limit_per_minute < 1)
 		elog(ERROR, "rate limit %d out of range", limit_per_minute);
@@ -212,20 +208,13 @@ flwl_ratelimit_take(const pg_uuid_t *key_id, int32 limit_per_minute,
 		return true;
 	}
 
-	memset(&key, 0, sizeof(key));
-	key.dbid = MyDatabaseId;
-	memcpy(&key.key_id, key_id, sizeof(pg_uuid_t));
-
+	flwl_db_key_set(&key, key_id);
 	LWLockAcquire(ratelimit->lock, LW_SHARED);
 	entry = hash_search(ratelimit_hash, &key, HASH_FIND, NULL);
 	if (entry != NULL)
 	{
-		SpinLockAcquire(&entry->mutex);
-		allowed = flwl_bucket_take(&entry->bucket, limit_per_minute, now,
-								   remaining, retry_after_ms);
-		full_at = flwl_bucket_full_at(&entry->bucket);
-		SpinLockRelease(&entry->mutex);
-		lower_next_full(full_at);
+		allowed = entry_take(entry, limit_per_minute, now, remaining,
+							 retry_after_ms);
 		LWLockRelease(ratelimit->lock);
 		return allowed;
 	}
@@ -261,11 +250,30 @@ flwl_ratelimit_take(const pg_uuid_t *key_id, int32 limit_per_minute,
 		flwl_bucket_init(&entry->bucket, limit_per_minute, now);
 	}
 
-	/* exclusive lock: no one else holds the entry's spinlock */
+	allowed = entry_take(entry, limit_per_minute, now, remaining,
+						 retry_after_ms);
+	LWLockRelease(ratelimit->lock);
+	return allowed;
+}
+
+/*
+ * Spend one request of an entry's bucket and keep next_full a lower bound.
+ * Caller holds the lock (either mode; the spinlock makes the bucket's
+ * update atomic under the shared one).
+ */
+static bool
+entry_take(RateLimitEntry *entry, int32 limit_per_minute, TimestampTz now,
+		   int32 *remaining, int32 *retry_after_ms)
+{
+	bool		allowed;
+	TimestampTz full_at;
+
+	SpinLockAcquire(&entry->mutex);
 	allowed = flwl_bucket_take(&entry->bucket, limit_per_minute, now,
 							   remaining, retry_after_ms);
-	lower_next_full(flwl_bucket_full_at(&entry->bucket));
-	LWLockRelease(ratelimit->lock);
+	full_at = flwl_bucket_full_at(&entry->bucket);
+	SpinLockRelease(&entry->mutex);
+	lower_next_full(full_at);
 	return allowed;
 }
 

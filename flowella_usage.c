@@ -162,11 +162,8 @@ static char *usage_retention = NULL;	/* an interval, "90 days" */
 
 /*---- Shared state ----*/
 
-typedef struct UsageKey
-{
-	Oid			dbid;
-	pg_uuid_t	key_id;
-} UsageKey;
+/* The last-use table is keyed by key and database. */
+typedef FlwlDbKey UsageKey;
 
 typedef struct UsageEntry
 {
@@ -763,9 +760,7 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 			memcpy(key.scope, s, len);
 		}
 	}
-	memset(&ukey, 0, sizeof(ukey));
-	ukey.dbid = MyDatabaseId;
-	memcpy(&ukey.key_id, key_id, sizeof(pg_uuid_t));
+	flwl_db_key_set(&ukey, key_id);
 
 	LWLockAcquire(usage->lock, LW_SHARED);
 	bucket = hash_search(bucket_hash, &key, HASH_FIND, NULL);
