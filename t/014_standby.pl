@@ -1,0 +1,327 @@
+# Hot standbys (SPEC §13): a primary and two hot standbys made from its
+# backup, streaming; "sync" is in synchronous_standby_names and the primary
+# commits with synchronous_commit = remote_apply, "async" is not listed.
+#
+# - verify on either standby answers what the primary answers, once the
+#   change is replayed: at once on "sync", after a poll on "async";
+# - a revoke's COMMIT returns only once "sync" answers REVOKED (asked right
+#   after, no poll), while "async", its replay paused, still answers VALID
+#   with the revoke's WAL received: that is replay lag; resumed, it
+#   answers REVOKED;
+# - with "sync"'s replay paused, a revoke's COMMIT waits (SyncRep) and the
+#   key stays VALID on "sync" and on the primary until it is applied;
+# - each server has its own rate-limit bucket (SPEC §11);
+# - with the primary stopped both standbys keep answering;
+# - a standby records no usage (forwarding to the primary is not built:
+#   flowella.usage_primary_conninfo does not exist yet), and once promoted
+#   it records usage like a primary: its launcher starts and the requests
+#   reach its own api_key_usage.
+#
+# No step sleeps: everything that takes time is polled for.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $primary = PostgreSQL::Test::Cluster->new('primary');
+$primary->init(allows_streaming => 1);
+$primary->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'flowella_apikey'
+flowella.usage_flush_interval = 1
+});
+$primary->start;
+$primary->backup('base');
+
+# The standbys take the primary's postgresql.conf with the backup (preload
+# and flush interval included); the synchronous settings are the primary's
+# alone and are added after the backup, so that a promoted standby does not
+# wait for a synchronous standby of its own.
+my %standby;
+for my $name ('sync', 'async')
+{
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init_from_backup($primary, 'base', has_streaming => 1);
+	$node->start;
+	$standby{$name} = $node;
+}
+my ($sync, $async) = @standby{ 'sync', 'async' };
+my @standbys = ($sync, $async);
+
+$primary->append_conf('postgresql.conf', q{
+synchronous_standby_names = 'sync'
+synchronous_commit = remote_apply
+});
+$primary->reload;
+ok($primary->poll_query_until('postgres', q{
+	SELECT string_agg(application_name || '=' || sync_state, ' ' ORDER BY application_name)
+	  FROM pg_stat_replication WHERE state = 'streaming'}, 'async=async sync=sync'),
+	'the primary streams to "sync" synchronously and to "async" asynchronously');
+for my $node ($primary, @standbys)
+{
+	is($node->safe_psql('postgres', 'SHOW shared_preload_libraries'), 'flowella_apikey',
+		$node->name . ' preloads the library');
+}
+is($sync->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 't', 'sync is a hot standby');
+is($async->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 't', 'async is a hot standby');
+
+# Keys, made on the primary; their tokens in table "tokens", which the
+# standbys read as it is replayed.  "ghost" is well formed but its key was
+# rolled back; "malformed" is not a token.
+my $owner = 'fc000000-0000-4000-8000-000000000014';
+$primary->safe_psql('postgres', qq{
+	CREATE EXTENSION flowella_apikey;
+	SELECT flowella.plan_set('pro', ARRAY['messages:send', 'messages:read'], true);
+	SELECT flowella.org_create('Replicas Ltd', 'pro', '$owner');
+	CREATE TABLE tokens (name text PRIMARY KEY, token text, key_id uuid);
+	BEGIN;
+	SELECT flowella.set_actor('$owner');
+	INSERT INTO tokens
+	SELECT n.name, k.token, k.key_id
+	  FROM unnest(ARRAY['live', 'revoked', 'held', 'narrow', 'allowlist', 'limited',
+						'promo'])
+			AS n(name),
+		   flowella.orgs o,
+		   LATERAL flowella.apikey_create(o.org_id, 'key ' || n.name,
+			   CASE n.name WHEN 'narrow' THEN ARRAY['messages:read'] END) k;
+	SELECT flowella.apikey_set_policy(key_id, ARRAY['203.0.113.0/24']::cidr[], NULL)
+	  FROM tokens WHERE name = 'allowlist';
+	SELECT flowella.apikey_set_policy(key_id, NULL, 3) FROM tokens WHERE name = 'limited';
+	COMMIT;
+});
+my $ghost = (grep { /^flwl_/ } split /\n/, $primary->safe_psql('postgres', qq{
+	BEGIN;
+	SELECT flowella.set_actor('$owner');
+	SELECT k.token FROM flowella.orgs o, LATERAL flowella.apikey_create(o.org_id, 'ghost') k;
+	ROLLBACK;
+}))[0];
+ok(defined $ghost, 'a well-formed token whose key was rolled back');
+$primary->safe_psql('postgres', qq{
+	INSERT INTO tokens VALUES ('ghost', '$ghost', NULL), ('malformed', 'flwl_live_nope', NULL);
+});
+
+# One verify of the named token on $node: every column of the answer
+# ("valid|code|key matches|org_id|scopes|mode|remaining|retry").
+sub verify_on
+{
+	my ($node, $name, $scope, $ip) = @_;
+	$scope = defined $scope ? "'$scope'" : 'NULL';
+	$ip = defined $ip ? "'$ip'::inet" : 'NULL::inet';
+	return $node->safe_psql('postgres', qq{
+		SELECT v.valid, v.code, v.key_id IS NOT DISTINCT FROM t.key_id, v.org_id,
+			   v.scopes, v.mode, v.ratelimit_remaining, v.retry_after_ms
+		  FROM tokens t, LATERAL flowella.apikey_verify(t.token, $scope, $ip) v
+		 WHERE t.name = '$name'});
+}
+
+# Just the code.
+sub code_on
+{
+	my ($node, $name, $scope, $ip) = @_;
+	return (split /\|/, verify_on($node, $name, $scope, $ip))[1];
+}
+
+# $n verifies of the named token in one statement, in order: the codes.
+# The lateral reference to i makes each row its own call.
+sub burst_on
+{
+	my ($node, $name, $n) = @_;
+	return $node->safe_psql('postgres', qq{
+		SELECT string_agg(v.code, ' ' ORDER BY i)
+		  FROM generate_series(1, $n) i, tokens t,
+			   LATERAL flowella.apikey_verify(CASE WHEN i > 0 THEN t.token END) v
+		 WHERE t.name = '$name'});
+}
+
+# 1. The keys are on "sync" as soon as their COMMIT returned (remote_apply:
+# no poll), and on "async" once replayed.
+is(code_on($sync, 'live'), 'VALID', 'sync: a key made on the primary is VALID at once');
+ok($async->poll_query_until('postgres',
+		q{SELECT count(*) = 9 FROM tokens}),
+	'async: the keys are replayed');
+$primary->wait_for_catchup($async);
+is(code_on($async, 'live'), 'VALID', 'async: the key is VALID once replayed');
+
+# Every answer, on each standby, as the primary gives it.
+my @cases = (
+	[ 'live', undef, undef, 'VALID' ],
+	[ 'live', 'messages:send', '198.51.100.7', 'VALID' ],
+	[ 'malformed', undef, undef, 'MALFORMED' ],
+	[ 'ghost', undef, undef, 'NOT_FOUND' ],
+	[ 'narrow', 'messages:send', undef, 'INSUFFICIENT_SCOPE' ],
+	[ 'narrow', 'messages:read', undef, 'VALID' ],
+	[ 'allowlist', 'messages:send', '198.51.100.7', 'IP_DENIED' ],
+	[ 'allowlist', 'messages:send', undef, 'IP_DENIED' ],
+	[ 'allowlist', 'messages:send', '203.0.113.9', 'VALID' ],);
+for my $c (@cases)
+{
+	my ($name, $scope, $ip, $code) = @$c;
+	my $what = "$name, scope " . ($scope // 'none') . ', from ' . ($ip // 'nowhere');
+	my $on_primary = verify_on($primary, $name, $scope, $ip);
+	is((split /\|/, $on_primary)[1], $code, "primary: $what is $code");
+	for my $node (@standbys)
+	{
+		is(verify_on($node, $name, $scope, $ip), $on_primary,
+			$node->name . ": $what, the primary's answer");
+	}
+}
+
+# 2. Revocation.  "async" is made to lag: its replay is paused (it still
+# receives WAL).
+is($async->safe_psql('postgres', 'SELECT pg_wal_replay_pause()'), '',
+	'async: replay paused');
+$primary->safe_psql('postgres', qq{
+	BEGIN;
+	SELECT flowella.set_actor('$owner');
+	SELECT flowella.apikey_revoke(key_id) FROM tokens WHERE name = 'revoked';
+	COMMIT;
+});
+# asked right after the COMMIT returned: no poll, no sleep
+is(code_on($sync, 'revoked'), 'REVOKED',
+	'sync: REVOKED as soon as the revoke\'s COMMIT returned');
+is(code_on($primary, 'revoked'), 'REVOKED', 'primary: REVOKED');
+my $revoke_lsn = $primary->lsn('flush');
+ok($async->poll_query_until('postgres', qq{
+	SELECT pg_last_wal_receive_lsn() >= '$revoke_lsn'
+	   AND pg_get_wal_replay_pause_state() = 'paused'}),
+	'async: the revoke\'s WAL is received, replay is paused');
+is($async->safe_psql('postgres', "SELECT pg_last_wal_replay_lsn() < '$revoke_lsn'"), 't',
+	'async: ... and not replayed');
+is(code_on($async, 'revoked'), 'VALID',
+	'async: the revoked key is still VALID while the revoke is not replayed (replay lag)');
+is($primary->safe_psql('postgres', qq{
+	SELECT sent_lsn >= '$revoke_lsn' AND replay_lsn < '$revoke_lsn'
+	  FROM pg_stat_replication WHERE application_name = 'async'}),
+	't', 'primary: pg_stat_replication shows async\'s replay behind what was sent');
+$async->safe_psql('postgres', 'SELECT pg_wal_replay_resume()');
+ok($async->poll_query_until('postgres', q{
+	SELECT v.code = 'REVOKED'
+	  FROM tokens t, LATERAL flowella.apikey_verify(t.token) v WHERE t.name = 'revoked'}),
+	'async: REVOKED once replayed');
+is(code_on($async, 'live'), 'VALID', 'async: the other key is still VALID');
+
+# The COMMIT waits for "sync": with its replay paused, a revoke has
+# committed on the primary (its commit record is flushed) but its COMMIT
+# does not return, and it is not seen even on the primary until "sync" has
+# applied it.
+my $held = $primary->background_psql('postgres');
+my $held_pid = $held->query_safe('SELECT pg_backend_pid()');
+$sync->safe_psql('postgres', 'SELECT pg_wal_replay_pause()');
+$held->query_until(qr/revoking/, qq{
+	\\echo revoking
+	BEGIN;
+	SELECT flowella.set_actor('$owner');
+	SELECT flowella.apikey_revoke(key_id) FROM tokens WHERE name = 'held';
+	COMMIT;
+	\\echo committed
+});
+ok($primary->poll_query_until('postgres', qq{
+	SELECT wait_event = 'SyncRep' FROM pg_stat_activity WHERE pid = $held_pid}),
+	'primary: the revoke\'s COMMIT waits for the synchronous standby');
+ok($sync->poll_query_until('postgres', q{
+	SELECT pg_get_wal_replay_pause_state() = 'paused'
+	   AND pg_last_wal_replay_lsn() < pg_last_wal_receive_lsn()}),
+	'sync: the revoke\'s WAL is received, its replay paused');
+is(code_on($sync, 'held'), 'VALID', 'sync: replay paused, the key is still VALID');
+is(code_on($primary, 'held'), 'VALID',
+	'primary: ... and so it is there too, until sync has applied the revoke');
+$sync->safe_psql('postgres', 'SELECT pg_wal_replay_resume()');
+$held->query_until(qr/committed/, '');
+is(code_on($sync, 'held'), 'REVOKED', 'sync resumed: the COMMIT returned, REVOKED at once');
+is(code_on($primary, 'held'), 'REVOKED', 'primary: REVOKED');
+$held->quit;
+
+# 3. Rate limits are per server: 3 a minute (one more every 20 s), so a
+# burst of 4 in one statement gives 3 VALID, then RATE_LIMITED, on each
+# standby from its own full bucket; the primary's bucket is untouched.
+is(burst_on($sync, 'limited', 4), 'VALID VALID VALID RATE_LIMITED',
+	'sync: 3 VALID, then RATE_LIMITED');
+is(burst_on($async, 'limited', 4), 'VALID VALID VALID RATE_LIMITED',
+	'async: its own bucket of 3, then RATE_LIMITED');
+like(verify_on($primary, 'limited'), qr/^t\|VALID\|t\|.*\|2\|$/,
+	'primary: its own full bucket (VALID, 2 left)');
+
+# 4. A standby records no usage: nothing is counted and no launcher runs
+# there (the launcher starts once recovery is over).
+for my $node (@standbys)
+{
+	is($node->safe_psql('postgres', q{
+		SELECT requests_counted, recorded, pending, buckets FROM flowella.usage_stats()}),
+		'0|0|0|0', $node->name . ': no request counted, no use noted');
+	is($node->safe_psql('postgres', q{
+		SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'flowella usage launcher'}),
+		'0', $node->name . ': no usage launcher');
+}
+cmp_ok($primary->safe_psql('postgres', 'SELECT requests_counted FROM flowella.usage_stats()'),
+	'>', 0, 'primary: its own verifies are counted');
+
+# 5. The primary stopped: both standbys keep answering, from what they
+# replayed.
+$primary->stop;
+for my $node (@standbys)
+{
+	ok($node->poll_query_until('postgres', q{
+		SELECT NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming')}),
+		$node->name . ': no longer streams from the primary');
+	is(code_on($node, 'live'), 'VALID', $node->name . ': VALID with the primary stopped');
+	is(code_on($node, 'revoked'), 'REVOKED', $node->name . ': REVOKED with the primary stopped');
+	is(code_on($node, 'live', 'messages:send', '198.51.100.7'), 'VALID',
+		$node->name . ': and with a scope and a client address');
+}
+$primary->start;
+$primary->wait_for_catchup($sync);
+$primary->wait_for_catchup($async);
+is(code_on($primary, 'live'), 'VALID', 'primary: back, VALID');
+
+# 6. "async" promoted: it verifies like a primary and records usage itself,
+# also in a session opened before the promotion (a pooled connection).  The
+# verifies before the promotion are not counted.
+my $pooled = $async->background_psql('postgres');
+my $promo_verify = q{
+	SELECT string_agg(v.code, ' ' ORDER BY i)
+	  FROM generate_series(1, %d) i, tokens t,
+		   LATERAL flowella.apikey_verify(CASE WHEN i > 0 THEN t.token END,
+										  'messages:send', '192.0.2.14') v
+	 WHERE t.name = 'promo'};
+is($pooled->query_safe(sprintf($promo_verify, 5)), join(' ', ('VALID') x 5),
+	'async: 5 verifies before promotion');
+is($async->safe_psql('postgres', 'SELECT requests_counted FROM flowella.usage_stats()'),
+	'0', 'async: not counted');
+$async->promote;
+ok($async->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()'),
+	'async: promoted');
+ok($async->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'flowella usage launcher'}),
+	'promoted: the usage launcher runs');
+is(code_on($async, 'revoked'), 'REVOKED', 'promoted: REVOKED');
+is($pooled->query_safe(sprintf($promo_verify, 7)), join(' ', ('VALID') x 7),
+	'promoted: 7 verifies of one key, in the session opened before');
+$pooled->quit;
+ok($async->poll_query_until('postgres', q{
+	SELECT coalesce(sum(u.requests), 0) = 7 FROM flowella.api_key_usage u
+	  JOIN tokens t USING (key_id) WHERE t.name = 'promo'}),
+	'promoted: its api_key_usage has the 7 requests');
+is($async->safe_psql('postgres', q{
+	SELECT u.client_ip, u.scope, u.code, u.requests FROM flowella.api_key_usage u
+	  JOIN tokens t USING (key_id) WHERE t.name = 'promo'}),
+	'192.0.2.14|messages:send|VALID|7',
+	'promoted: one bucket with the client address, scope and code');
+ok($async->poll_query_until('postgres', q{
+	SELECT k.last_used_at IS NOT NULL FROM flowella.api_keys k
+	  JOIN tokens t USING (key_id) WHERE t.name = 'promo'}),
+	'promoted: last_used_at is written');
+ok($async->poll_query_until('postgres', q{
+	SELECT requests_pending = 0 AND requests_written = requests_counted
+	  FROM flowella.usage_stats()}),
+	'promoted: everything counted is written');
+is($async->safe_psql('postgres', 'SELECT requests_counted FROM flowella.usage_stats()'),
+	'8', 'promoted: counted exactly its own 8 requests (1 REVOKED, 7 VALID)');
+is($primary->safe_psql('postgres', q{
+	SELECT count(*) FROM flowella.api_key_usage u JOIN tokens t USING (key_id)
+	 WHERE t.name = 'promo'}),
+	'0', 'the old primary has no usage of that key');
+
+$async->stop;
+$sync->stop;
+$primary->stop;
+done_testing();
