@@ -133,11 +133,11 @@ BEGIN;
 SELECT flowella.set_actor('b2000000-0000-4000-8000-000000000002') \gset
 SELECT count(*) FILTER (WHERE key_id = :'k') AS history_rows,
        sum(requests) FILTER (WHERE key_id = :'k_other') AS own_requests,
-       count(*) FILTER (WHERE org_id <> :'other_org') AS other_org_rows
+       count(*) FILTER (WHERE org_id = :'org') AS history_org_rows
   FROM flowella.api_key_usage;
 SELECT count(*) FILTER (WHERE key_id = :'k') AS history_rows,
        count(*) FILTER (WHERE key_id = :'k_other') AS own_rows,
-       count(*) FILTER (WHERE org_id <> :'other_org') AS other_org_rows
+       count(*) FILTER (WHERE org_id = :'org') AS history_org_rows
   FROM flowella.api_key_usage_log;
 COMMIT;
 -- without an actor: 42501, as for every key call; the view and the table
