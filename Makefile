@@ -19,7 +19,8 @@ EXTENSION = flowella_apikey
 # One install script, then one upgrade script per version: CREATE EXTENSION
 # runs 1.0 and the updates up to the version asked for (see the README).
 DATA = flowella_apikey--1.0.sql flowella_apikey--1.0--1.1.sql \
-	flowella_apikey--1.1--1.2.sql flowella_apikey--1.2--1.3.sql
+	flowella_apikey--1.1--1.2.sql flowella_apikey--1.2--1.3.sql \
+	flowella_apikey--1.3--1.4.sql
 PGFILEDESC = "flowella_apikey - API keys for Flowella organisations"
 
 SHLIB_LINK += -lsodium

@@ -35,14 +35,25 @@
  * many such requests a round saw: the count leaves the table only in that
  * logged, visible way, never silently.
  *
- * Exactly once: a flush worker copies its database's buckets (counts read
- * atomically), writes them with INSERT ... ON CONFLICT DO UPDATE SET
- * requests = requests + excluded.requests in one transaction and only after
- * its commit subtracts the amounts it wrote from the entries (removing
- * those that reach zero, under the exclusive lock), so requests counted
- * meanwhile stay pending.  A flush that fails before its commit subtracts
- * nothing (the counts are written by a later round); nothing between the
- * commit and the subtraction can raise or take an interrupt.  A crash
+ * Writing: a flush worker copies its database's buckets (counts read
+ * atomically) and sorts them by key and minute.  In a 1.4 schema each
+ * key-minute becomes one row of flowella.api_key_usage_log, its buckets in
+ * parallel arrays (client IPs, scopes, codes, requests), built here as
+ * values of the table's row type and appended by one INSERT ... SELECT
+ * from one array parameter: the heap tuple and its two index entries are
+ * paid per key-minute, not per bucket.  Rows are never updated; a minute
+ * flushed in two rounds has two rows, which readers (apikey_usage, the
+ * view api_key_usage) sum.  Until it is updated, a 1.3 schema gets one
+ * row per bucket in its table api_key_usage, by INSERT ... ON CONFLICT DO
+ * UPDATE SET requests = requests + excluded.requests.
+ *
+ * Exactly once: the buckets are written in batches of USAGE_FLUSH_BATCH,
+ * each in its own transaction, and only after a batch's commit are the
+ * amounts it wrote subtracted from the entries (removing those that reach
+ * zero, under the exclusive lock), so requests counted meanwhile stay
+ * pending.  A batch that fails before its commit subtracts nothing: it and
+ * the batches after it are written by a later round.  Nothing between a
+ * commit and its subtraction can raise or take an interrupt.  A crash
  * resets shared memory, so it may lose the pending counts but never write
  * one twice.
  *
@@ -57,9 +68,9 @@
  * connected to shared catalogs only) wakes every flush interval and starts
  * one short-lived "flowella usage flush" worker per database with pending
  * counts or uses, dropping those of databases that no longer exist.  That
- * worker writes the buckets (one transaction), then the last uses (another,
- * skipping rows locked by others: they stay pending for the next round),
- * then deletes buckets older than flowella.usage_retention in batches of
+ * worker writes the buckets (a transaction per batch), then the last uses
+ * (one more, skipping rows locked by others: they stay pending for the next
+ * round), then deletes buckets older than flowella.usage_retention in batches of
  * USAGE_PRUNE_BATCH rows, each batch its own transaction, for at most
  * USAGE_PRUNE_BUDGET_MS.  An early round (the bucket table filling) starts
  * workers that write buckets only: last_used_at is written by the regular
@@ -71,7 +82,8 @@
  * up: a bucket flush that fails is retried every round.  In a database
  * whose schema predates 1.3 (no usage table) or whose extension was
  * dropped, buckets have nowhere to go: they are discarded and counted
- * (requests_discarded).  The launcher ignores SIGINT: it runs no statement
+ * (requests_discarded).  Retention deletes rows of whichever table the
+ * schema has.  The launcher ignores SIGINT: it runs no statement
  * to cancel.
  *
  * The flush worker is the bootstrap superuser, but it connects with the
@@ -95,6 +107,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class_d.h"
 #include "catalog/pg_type_d.h"
 #include "commands/extension.h"
 #include "common/controldata_utils.h"
@@ -121,6 +134,7 @@
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "utils/typcache.h"
 
 #include "flowella_apikey.h"
 #include "flowella_token.h"
@@ -140,6 +154,9 @@ static char *usage_retention = NULL;	/* an interval, "90 days" */
 
 /* Retention: rows deleted per transaction, and time spent per round. */
 #define USAGE_PRUNE_BATCH		1000
+
+/* Buckets written per transaction (and subtracted under one lock hold). */
+#define USAGE_FLUSH_BATCH		50000
 #define USAGE_PRUNE_BUDGET_MS	2000
 
 /* Early rounds (the bucket table filling) start at most this often. */
@@ -1146,18 +1163,35 @@ flowella_usage_launcher_main(Datum main_arg)
 /*---- Flush worker ----*/
 
 /*
- * Whether this database has the extension and its usage table (a schema of
- * 1.3 or later): a dropped extension leaves its schema behind.
+ * Where a database's schema keeps usage history: nowhere before 1.3 (or
+ * when the extension was dropped: its schema outlives it), one row per
+ * bucket in 1.3's table api_key_usage, one row per key, minute and flush
+ * round in 1.4's api_key_usage_log (api_key_usage is then a view).
  */
-static bool
-usage_table_usable(void)
+typedef enum UsageSchema
+{
+	USAGE_SCHEMA_NONE,
+	USAGE_SCHEMA_ROWS,			/* 1.3 */
+	USAGE_SCHEMA_PACKED			/* 1.4 and later */
+} UsageSchema;
+
+static UsageSchema
+usage_schema(void)
 {
 	Oid			nsp;
+	Oid			relid;
 
 	if (!OidIsValid(get_extension_oid("flowella_apikey", true)))
-		return false;
+		return USAGE_SCHEMA_NONE;
 	nsp = get_namespace_oid("flowella", true);
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid("api_key_usage", nsp));
+	if (!OidIsValid(nsp))
+		return USAGE_SCHEMA_NONE;
+	if (OidIsValid(get_relname_relid("api_key_usage_log", nsp)))
+		return USAGE_SCHEMA_PACKED;
+	relid = get_relname_relid("api_key_usage", nsp);
+	if (OidIsValid(relid) && get_rel_relkind(relid) == RELKIND_RELATION)
+		return USAGE_SCHEMA_ROWS;
+	return USAGE_SCHEMA_NONE;
 }
 
 /*
@@ -1199,13 +1233,95 @@ flush_error(void)
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
+/* A pending bucket as a flush copied it: its identity and the count read. */
+typedef struct FlushBucket
+{
+	BucketKey	key;
+	uint64		requests;
+} FlushBucket;
+
+/* Order by key, then minute: the rows of the 1.4 table. */
+static int
+flush_bucket_cmp(const void *a, const void *b)
+{
+	const FlushBucket *x = *(FlushBucket *const *) a;
+	const FlushBucket *y = *(FlushBucket *const *) b;
+	int			c = memcmp(&x->key.key_id, &y->key.key_id, sizeof(pg_uuid_t));
+
+	if (c != 0)
+		return c;
+	return (x->key.minute > y->key.minute) - (x->key.minute < y->key.minute);
+}
+
+static inline bool
+same_key_minute(const FlushBucket *x, const FlushBucket *y)
+{
+	return x->key.minute == y->key.minute &&
+		memcmp(&x->key.key_id, &y->key.key_id, sizeof(pg_uuid_t)) == 0;
+}
+
+/* A bucket's client IP as an inet datum; the bucket must have one. */
+static Datum
+bucket_ip_datum(const BucketKey *key)
+{
+	inet	   *ip = palloc0(sizeof(inet));
+
+	ip_family(ip) = key->ip_family;
+	ip_bits(ip) = key->ip_bits;
+	memcpy(ip_addr(ip), key->ip, ip_addrsize(ip));
+	SET_INET_VARSIZE(ip);
+	return InetPGetDatum(ip);
+}
+
 /*
- * The INSERT that adds a flush's counts to the usage table.  The arbiter is
- * the table's unique index, whose expressions tell a missing IP or scope
- * apart from any value (NULLS NOT DISTINCT is PostgreSQL 15's only).  A key
- * that is not in api_keys (it cannot be deleted) would be skipped.
+ * The four detail columns of buckets b[0..n-1] as arrays (client IPs and
+ * scopes with NULLs for none, codes, requests) into cols[0..3].
  */
-#define BUCKET_INSERT_SQL \
+static void
+bucket_detail_arrays(int n, FlushBucket **b, Datum *cols)
+{
+	Datum	   *ips = palloc(sizeof(Datum) * n);
+	Datum	   *scopes = palloc(sizeof(Datum) * n);
+	Datum	   *codes = palloc(sizeof(Datum) * n);
+	Datum	   *requests = palloc(sizeof(Datum) * n);
+	bool	   *ipnull = palloc0(sizeof(bool) * n);
+	bool	   *scopenull = palloc0(sizeof(bool) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	for (int i = 0; i < n; i++)
+	{
+		const BucketKey *key = &b[i]->key;
+
+		if (key->ip_family == 0)
+			ipnull[i] = true;
+		else
+			ips[i] = bucket_ip_datum(key);
+		if (key->scope_len == 0)
+			scopenull[i] = true;
+		else
+			scopes[i] = PointerGetDatum(cstring_to_text_with_len(key->scope,
+																 key->scope_len));
+		codes[i] = PointerGetDatum(cstring_to_text(flwl_verify_code_names[key->code]));
+		requests[i] = Int64GetDatum((int64) b[i]->requests);
+	}
+	cols[0] = PointerGetDatum(construct_md_array(ips, ipnull, 1, dims, lbs,
+												 INETOID, -1, false, TYPALIGN_INT));
+	cols[1] = PointerGetDatum(construct_md_array(scopes, scopenull, 1, dims, lbs,
+												 TEXTOID, -1, false, TYPALIGN_INT));
+	cols[2] = PointerGetDatum(construct_array(codes, n, TEXTOID, -1, false,
+											  TYPALIGN_INT));
+	cols[3] = PointerGetDatum(construct_array(requests, n, INT8OID, sizeof(int64),
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * 1.3: add the counts to one row per bucket.  The arbiter is the table's
+ * unique index, whose expressions tell a missing IP or scope apart from any
+ * value (NULLS NOT DISTINCT is PostgreSQL 15's only).  A key that is not in
+ * api_keys (it cannot be deleted) would be skipped.
+ */
+#define BUCKET_UPSERT_SQL_1_3 \
 	"INSERT INTO flowella.api_key_usage AS u" \
 	" (org_id, key_id, minute, client_ip, scope, code, requests)" \
 	" SELECT k.org_id, b.key_id, b.minute, b.client_ip, b.scope, b.code, b.requests" \
@@ -1219,80 +1335,123 @@ flush_error(void)
 	"             (scope IS NULL), (COALESCE(scope, ''::pg_catalog.text)), code)" \
 	" DO UPDATE SET requests = u.requests OPERATOR(pg_catalog.+) excluded.requests"
 
+static void
+write_buckets_1_3(int n, FlushBucket **b)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * n);
+	Datum	   *minutes = palloc(sizeof(Datum) * n);
+	Datum		args[6];
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = UUIDPGetDatum(&b[i]->key.key_id);
+		minutes[i] = TimestampTzGetDatum(b[i]->key.minute);
+	}
+	args[0] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
+											  false, TYPALIGN_CHAR));
+	args[1] = PointerGetDatum(construct_array(minutes, n, TIMESTAMPTZOID,
+											  sizeof(TimestampTz), FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+	bucket_detail_arrays(n, b, &args[2]);
+	if (SPI_execute_with_args(BUCKET_UPSERT_SQL_1_3, 6,
+							  (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID,
+									   INETARRAYOID, TEXTARRAYOID,
+									   TEXTARRAYOID, INT8ARRAYOID},
+							  args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "flowella usage flush query failed");
+}
+
 /*
- * Write the n buckets (keys, counts) in one transaction.  Returns true when
- * they are settled (written, or discarded for want of a usage table), false
- * when the transaction failed (logged): they stay pending.
+ * 1.4: append one row per key and minute, its buckets in parallel arrays.
+ * The rows are built here (b is sorted by key and minute) as values of the
+ * table's row type, org_id left NULL, and go in as one array parameter:
+ * one statement, one heap tuple and two index entries per key-minute.  A
+ * key that is not in api_keys would be skipped.
+ */
+#define BUCKET_INSERT_SQL \
+	"INSERT INTO flowella.api_key_usage_log" \
+	" (org_id, key_id, minute, client_ips, scopes, codes, requests)" \
+	" SELECT k.org_id, r.key_id, r.minute, r.client_ips, r.scopes, r.codes, r.requests" \
+	"   FROM pg_catalog.unnest($1) r" \
+	"   JOIN flowella.api_keys k ON k.key_id OPERATOR(pg_catalog.=) r.key_id"
+
+/* The row type's columns, in the order of the 1.4 table. */
+#define USAGE_LOG_NATTS		7
+
+static void
+write_buckets_packed(int n, FlushBucket **b)
+{
+	Oid			relid;
+	Oid			rowtype;
+	Oid			arraytype;
+	TupleDesc	tupdesc;
+	Datum	   *rows = palloc(sizeof(Datum) * n);
+	int			nrows = 0;
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	Datum		arg;
+
+	relid = get_relname_relid("api_key_usage_log", get_namespace_oid("flowella", false));
+	rowtype = get_rel_type_id(relid);
+	arraytype = get_array_type(rowtype);
+	if (!OidIsValid(rowtype) || !OidIsValid(arraytype))
+		elog(ERROR, "flowella usage table has no row type");
+	tupdesc = lookup_rowtype_tupdesc_copy(rowtype, -1);
+	if (tupdesc->natts != USAGE_LOG_NATTS)
+		elog(ERROR, "flowella usage table has %d columns, %d expected",
+			 tupdesc->natts, USAGE_LOG_NATTS);
+
+	for (int lo = 0, hi; lo < n; lo = hi)
+	{
+		Datum		values[USAGE_LOG_NATTS];
+		bool		nulls[USAGE_LOG_NATTS] = {true, false, false, false, false, false, false};
+
+		for (hi = lo + 1; hi < n && same_key_minute(b[lo], b[hi]); hi++)
+			;
+		values[0] = (Datum) 0;
+		values[1] = UUIDPGetDatum(&b[lo]->key.key_id);
+		values[2] = TimestampTzGetDatum(b[lo]->key.minute);
+		bucket_detail_arrays(hi - lo, &b[lo], &values[3]);
+		rows[nrows++] = HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls));
+	}
+	get_typlenbyvalalign(rowtype, &typlen, &typbyval, &typalign);
+	arg = PointerGetDatum(construct_array(rows, nrows, rowtype, typlen, typbyval,
+										  typalign));
+	if (SPI_execute_with_args(BUCKET_INSERT_SQL, 1, &arraytype, &arg, NULL, false, 0)
+		!= SPI_OK_INSERT)
+		elog(ERROR, "flowella usage flush query failed");
+}
+
+/*
+ * Write the n buckets b in one transaction, to whichever table the schema
+ * has.  Returns true when they are settled (written, or discarded for want
+ * of a usage table: *discarded), false when the transaction failed
+ * (logged): they stay pending.  What is built for the statement lives in
+ * SPI's memory, freed at the end of the transaction.
  */
 static bool
-write_buckets(int n, BucketKey *keys, uint64 *counts, bool *discarded)
+write_buckets(int n, FlushBucket **b, bool *discarded)
 {
-	Datum	   *cols[6];
-	bool	   *ipnull;
-	bool	   *scopenull;
-	Datum		args[6];
 	volatile bool settled = false;
 
 	*discarded = false;
-	for (int c = 0; c < 6; c++)
-		cols[c] = palloc(sizeof(Datum) * n);
-	ipnull = palloc0(sizeof(bool) * n);
-	scopenull = palloc0(sizeof(bool) * n);
-	for (int i = 0; i < n; i++)
-	{
-		cols[0][i] = UUIDPGetDatum(&keys[i].key_id);
-		cols[1][i] = TimestampTzGetDatum(keys[i].minute);
-		if (keys[i].ip_family == 0)
-			ipnull[i] = true;
-		else
-		{
-			inet	   *ip = palloc0(sizeof(inet));
-
-			ip_family(ip) = keys[i].ip_family;
-			ip_bits(ip) = keys[i].ip_bits;
-			memcpy(ip_addr(ip), keys[i].ip, ip_addrsize(ip));
-			SET_INET_VARSIZE(ip);
-			cols[2][i] = InetPGetDatum(ip);
-		}
-		if (keys[i].scope_len == 0)
-			scopenull[i] = true;
-		else
-			cols[3][i] = PointerGetDatum(cstring_to_text_with_len(keys[i].scope,
-																  keys[i].scope_len));
-		cols[4][i] = PointerGetDatum(cstring_to_text(flwl_verify_code_names[keys[i].code]));
-		cols[5][i] = Int64GetDatum((int64) counts[i]);
-	}
-	{
-		int			dims[1] = {n};
-		int			lbs[1] = {1};
-
-		args[0] = PointerGetDatum(construct_array(cols[0], n, UUIDOID, UUID_LEN,
-												  false, TYPALIGN_CHAR));
-		args[1] = PointerGetDatum(construct_array(cols[1], n, TIMESTAMPTZOID,
-												  sizeof(TimestampTz), FLOAT8PASSBYVAL,
-												  TYPALIGN_DOUBLE));
-		args[2] = PointerGetDatum(construct_md_array(cols[2], ipnull, 1, dims, lbs,
-													 INETOID, -1, false, TYPALIGN_INT));
-		args[3] = PointerGetDatum(construct_md_array(cols[3], scopenull, 1, dims, lbs,
-													 TEXTOID, -1, false, TYPALIGN_INT));
-		args[4] = PointerGetDatum(construct_array(cols[4], n, TEXTOID, -1, false,
-												  TYPALIGN_INT));
-		args[5] = PointerGetDatum(construct_array(cols[5], n, INT8OID, sizeof(int64),
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	}
-
 	PG_TRY();
 	{
 		int			pinned = start_flush_transaction("flowella: flushing API key usage");
 
-		if (!usage_table_usable())
-			*discarded = true;
-		else if (SPI_execute_with_args(BUCKET_INSERT_SQL, 6,
-									   (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID,
-												INETARRAYOID, TEXTARRAYOID,
-												TEXTARRAYOID, INT8ARRAYOID},
-									   args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "flowella usage flush query failed");
+		switch (usage_schema())
+		{
+			case USAGE_SCHEMA_NONE:
+				*discarded = true;
+				break;
+			case USAGE_SCHEMA_ROWS:
+				write_buckets_1_3(n, b);
+				break;
+			case USAGE_SCHEMA_PACKED:
+				write_buckets_packed(n, b);
+				break;
+		}
 		finish_flush_transaction(pinned);
 		settled = true;
 	}
@@ -1305,60 +1464,81 @@ write_buckets(int n, BucketKey *keys, uint64 *counts, bool *discarded)
 }
 
 /*
- * Write this database's pending buckets.  The counts are read, written in
- * one transaction and, only once it has committed, subtracted from the
- * entries: a request counted meanwhile stays pending, and a failed write
- * leaves everything pending for the next round.  Between the commit and the
- * subtraction nothing raises or takes an interrupt.
+ * Write this database's pending buckets.  The counts are read once, then
+ * written in batches of at most USAGE_FLUSH_BATCH buckets (cut between two
+ * key-minutes where one allows it), each in its own transaction and, only
+ * once that has committed, subtracted from the entries: a request counted
+ * meanwhile stays pending, and a batch that fails leaves itself and the
+ * batches after it pending for the next round.  Between a commit and its
+ * subtraction nothing raises or takes an interrupt.  Batches bound the
+ * memory a statement takes and how long the exclusive lock is held while
+ * subtracting.
  */
 static void
 flush_buckets(Oid dbid)
 {
 	HASH_SEQ_STATUS seq;
 	BucketEntry *bucket;
-	BucketKey  *keys;
-	uint64	   *counts;
-	uint64		total = 0;
+	FlushBucket *copy;
+	FlushBucket **sorted;
 	int			n = 0;
 	int			capacity;
-	bool		discarded;
 
 	LWLockAcquire(usage->lock, LW_SHARED);
 	capacity = hash_get_num_entries(bucket_hash) + 1;
-	keys = palloc(sizeof(BucketKey) * capacity);
-	counts = palloc(sizeof(uint64) * capacity);
+	copy = palloc(sizeof(FlushBucket) * capacity);
 	hash_seq_init(&seq, bucket_hash);
 	while ((bucket = hash_seq_search(&seq)) != NULL)
 	{
-		uint64		requests;
-
 		if (bucket->key.dbid != dbid)
 			continue;
-		requests = pg_atomic_read_u64(&bucket->requests);
-		keys[n] = bucket->key;
-		counts[n] = requests;
-		total += requests;
+		copy[n].key = bucket->key;
+		copy[n].requests = pg_atomic_read_u64(&bucket->requests);
 		n++;
 	}
 	LWLockRelease(usage->lock);
 	if (n == 0)
 		return;
 
-	if (!write_buckets(n, keys, counts, &discarded))
-		return;
-
-	/* committed: take away what was written, drop the entries now empty */
-	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	sorted = palloc(sizeof(FlushBucket *) * n);
 	for (int i = 0; i < n; i++)
+		sorted[i] = &copy[i];
+	qsort(sorted, n, sizeof(FlushBucket *), flush_bucket_cmp);
+
+	for (int lo = 0, hi; lo < n; lo = hi)
 	{
-		bucket = hash_search(bucket_hash, &keys[i], HASH_FIND, NULL);
-		if (bucket == NULL)
-			continue;			/* cannot happen: only flushes remove */
-		if (pg_atomic_sub_fetch_u64(&bucket->requests, counts[i]) == 0)
-			hash_search(bucket_hash, &keys[i], HASH_REMOVE, NULL);
+		uint64		total = 0;
+		bool		discarded;
+
+		CHECK_FOR_INTERRUPTS();
+		hi = Min(n, lo + USAGE_FLUSH_BATCH);
+		if (hi < n)
+		{
+			int			cut = hi;
+
+			while (cut > lo && same_key_minute(sorted[cut - 1], sorted[cut]))
+				cut--;
+			if (cut > lo)
+				hi = cut;
+		}
+
+		if (!write_buckets(hi - lo, &sorted[lo], &discarded))
+			return;
+
+		/* committed: take away what was written, drop the entries now empty */
+		LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+		for (int i = lo; i < hi; i++)
+		{
+			bucket = hash_search(bucket_hash, &sorted[i]->key, HASH_FIND, NULL);
+			total += sorted[i]->requests;
+			if (bucket == NULL)
+				continue;		/* cannot happen: only flushes remove */
+			if (pg_atomic_sub_fetch_u64(&bucket->requests, sorted[i]->requests) == 0)
+				hash_search(bucket_hash, &sorted[i]->key, HASH_REMOVE, NULL);
+		}
+		LWLockRelease(usage->lock);
+		pg_atomic_fetch_add_u64(discarded ? &usage->discarded : &usage->written, total);
 	}
-	LWLockRelease(usage->lock);
-	pg_atomic_fetch_add_u64(discarded ? &usage->discarded : &usage->written, total);
 }
 
 /* Run one of the last-use queries over $1 uuid[] keys, $2 timestamptz[] uses. */
@@ -1518,8 +1698,17 @@ flush_last_uses(Oid dbid)
  * Retention: delete buckets older than flowella.usage_retention, at most
  * USAGE_PRUNE_BATCH rows per transaction (short transactions, no long lock
  * on a busy table), until none is left or USAGE_PRUNE_BUDGET_MS have
- * passed; the next round goes on.  Errors are logged.
+ * passed; the next round goes on.  A row is a bucket in a 1.3 schema, a
+ * key-minute of one round in 1.4.  Errors are logged.
  */
+#define USAGE_PRUNE_SQL(table) \
+	"DELETE FROM " table \
+	" WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY(" \
+	"   SELECT ctid FROM " table \
+	"    WHERE minute OPERATOR(pg_catalog.<)" \
+	"          (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)" \
+	"    LIMIT " CppAsString2(USAGE_PRUNE_BATCH) "))"
+
 static void
 prune_usage(void)
 {
@@ -1535,20 +1724,27 @@ prune_usage(void)
 		PG_TRY();
 		{
 			int			pinned = start_flush_transaction("flowella: pruning API key usage");
+			const char *sql = NULL;
 
-			if (!usage_table_usable())
-				stop = true;
-			else if (SPI_execute_with_args("DELETE FROM flowella.api_key_usage"
-										   " WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-										   "   SELECT ctid FROM flowella.api_key_usage"
-										   "    WHERE minute OPERATOR(pg_catalog.<)"
-										   "          (pg_catalog.now() OPERATOR(pg_catalog.-) $1::pg_catalog.interval)"
-										   "    LIMIT " CppAsString2(USAGE_PRUNE_BATCH) "))",
-										   1, (Oid[]) {TEXTOID}, &arg, NULL, false, 0)
-					 != SPI_OK_DELETE)
-				elog(ERROR, "flowella usage prune query failed");
-			else
+			switch (usage_schema())
+			{
+				case USAGE_SCHEMA_NONE:
+					stop = true;
+					break;
+				case USAGE_SCHEMA_ROWS:
+					sql = USAGE_PRUNE_SQL("flowella.api_key_usage");
+					break;
+				case USAGE_SCHEMA_PACKED:
+					sql = USAGE_PRUNE_SQL("flowella.api_key_usage_log");
+					break;
+			}
+			if (sql != NULL)
+			{
+				if (SPI_execute_with_args(sql, 1, (Oid[]) {TEXTOID}, &arg, NULL,
+										  false, 0) != SPI_OK_DELETE)
+					elog(ERROR, "flowella usage prune query failed");
 				deleted = SPI_processed;
+			}
 			finish_flush_transaction(pinned);
 		}
 		PG_CATCH();

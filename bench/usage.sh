@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark of 1.3's verify with a key policy and usage history (issue 11),
+# Benchmark of verify with a key policy and usage history (issue 11, 1.3 on),
 # in one throwaway cluster, against the bare key lookup and the 1.1-style
 # call measured in the same rounds:
 #
@@ -24,7 +24,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${BENCH_INSIDE:-}" ]; then
     source "$here/scripts/deps.sh"
     export BENCH_INSIDE=1
-    exec pg_virtualenv -t -o shared_preload_libraries=flowella_apikey \
+    exec pg_virtualenv -t "${venv_opts[@]}" \
         -o max_connections=50 -o shared_buffers=1GB \
         -o flowella.usage_max_buckets=1000000 -o flowella.usage_flush_interval=60 \
         bash "$here/bench/usage.sh"
@@ -136,5 +136,6 @@ printf "pending counts written in %.1f s after the flush was asked for\n" "$(ech
 psql -X -d pol -c "SELECT buckets, requests_counted, requests_pending, requests_written, requests_folded, requests_overflowed FROM flowella.usage_stats()"
 in_table=$(psql -XAt -d pol -c "SELECT coalesce(sum(requests), 0) FROM flowella.api_key_usage")
 rows=$(psql -XAt -d pol -c "SELECT count(*) FROM flowella.api_key_usage")
-echo "verify calls made: $calls; requests in flowella.api_key_usage: $in_table ($rows rows)   (target: equal)"
+log_rows=$(psql -XAt -d pol -c "SELECT count(*) FROM flowella.api_key_usage_log")
+echo "verify calls made: $calls; requests in flowella.api_key_usage: $in_table ($rows buckets in $log_rows rows of api_key_usage_log)   (target: equal)"
 rm -rf "$work"

@@ -21,12 +21,25 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
+# PG_CONFIG may name a private copy of PostgreSQL 15 (its pg_config finds
+# its directories relative to itself, as scripts/valgrind.sh's copy does):
+# the extension is then built and installed there, not into the system.
+export PG_CONFIG="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
+# Options for pg_virtualenv, which runs the system's server: preload the
+# library, and when PG_CONFIG names a private copy, take the library and
+# the extension's scripts from that copy (Debian's extension_destdir for
+# $libdir and the extension directory, dynamic_library_path for the
+# preloaded library).
+venv_opts=(-o shared_preload_libraries=flowella_apikey)
+if [ "$("$PG_CONFIG" --pkglibdir)" != /usr/lib/postgresql/15/lib ]; then
+    venv_opts+=(-o "extension_destdir=$("$PG_CONFIG" --pkglibdir | sed 's|/usr/lib/postgresql/15/lib$||')"
+                -o "dynamic_library_path=$("$PG_CONFIG" --pkglibdir):\$libdir")
+fi
 # DEPS_PACKAGES_ONLY=1: packages only, no build and no install into the
 # system PostgreSQL (scripts/valgrind.sh installs into a private copy).
 if [ -z "${DEPS_PACKAGES_ONLY:-}" ]; then
     make -s PG_CONFIG="$PG_CONFIG"
-    if [ "$(id -u)" -eq 0 ]; then
+    if [ "$(id -u)" -eq 0 ] || [ -w "$("$PG_CONFIG" --pkglibdir)" ]; then
         make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
     else
         sudo make -s install PG_CONFIG="$PG_CONFIG" >/dev/null

@@ -9,8 +9,9 @@ source "$here/scripts/deps.sh"
 cd "$here"
 rm -rf results output_iso regression.diffs regression.out
 
+# venv_opts (deps.sh): the library preloaded, from PG_CONFIG's copy
 status=0
-pg_virtualenv -t -o shared_preload_libraries=flowella_apikey \
+pg_virtualenv -t "${venv_opts[@]}" \
     make -s installcheck PG_CONFIG="$PG_CONFIG" > regression.log 2>&1 || status=$?
 grep -E '^(ok|not ok|test |     |=+|\s*All|\s*[0-9]+ of)' regression.log | grep -v ' LOG: ' || true
 passed=$(grep -cE '\.\.\. +ok|^ok ' regression.log || true)

@@ -1,8 +1,9 @@
 --
 -- Usage history (SPEC section 10): every verify that identifies a key is
 -- counted per minute, client IP, required scope and code in shared memory;
--- the flush worker writes the counts to flowella.api_key_usage, read with
--- flowella.apikey_usage by the key's owners/admins and by auditors.
+-- the flush worker appends them to flowella.api_key_usage_log (one row per
+-- key, minute and flush round), read with flowella.apikey_usage and the view
+-- flowella.api_key_usage by the key's owners/admins and by auditors.
 --
 ALTER SYSTEM SET flowella.usage_flush_interval = 1;
 SELECT pg_reload_conf();
@@ -92,10 +93,13 @@ SELECT array_agg(u ORDER BY u.minute, u.client_ip, u.scope, u.code) = array_agg(
   FROM flowella.apikey_usage(:'k') u;
 -- a window with no use
 SELECT count(*) FROM flowella.apikey_usage(:'k', now() + interval '1 hour', now() + interval '2 hours');
--- the table read directly shows the actor's orgs only
+-- the view and the table read directly show the actor's orgs only
 SELECT count(DISTINCT key_id) AS keys, sum(requests) AS requests,
        bool_and(org_id = :'org') AS own_org_only
   FROM flowella.api_key_usage;
+SELECT count(DISTINCT l.key_id) AS keys, sum(r.n) AS requests,
+       bool_and(l.org_id = :'org') AS own_org_only
+  FROM flowella.api_key_usage_log l, unnest(l.requests) r(n);
 -- another org's key, an unknown key, no key: 42704; bad windows: 22023
 \set VERBOSITY terse
 \set ON_ERROR_ROLLBACK on
@@ -112,6 +116,11 @@ SELECT * FROM flowella.apikey_usage(:'k', NULL);
 -- no write for managers, not even the owner's
 INSERT INTO flowella.api_key_usage VALUES (:'org', :'k', now(), NULL, NULL, 'VALID', 1);
 \echo :LAST_ERROR_SQLSTATE
+INSERT INTO flowella.api_key_usage_log
+VALUES (:'org', :'k', now(), '{NULL}', '{NULL}', '{VALID}', '{1}');
+\echo :LAST_ERROR_SQLSTATE
+DELETE FROM flowella.api_key_usage_log;
+\echo :LAST_ERROR_SQLSTATE
 COMMIT;
 
 -- The other org's owner sees none of History's usage, also not directly.
@@ -123,13 +132,20 @@ ROLLBACK;
 BEGIN;
 SELECT flowella.set_actor('b2000000-0000-4000-8000-000000000002') \gset
 SELECT count(*) FILTER (WHERE key_id = :'k') AS history_rows,
-       sum(requests) FILTER (WHERE key_id = :'k_other') AS own_requests
+       sum(requests) FILTER (WHERE key_id = :'k_other') AS own_requests,
+       count(*) FILTER (WHERE org_id = :'org') AS history_org_rows
   FROM flowella.api_key_usage;
+SELECT count(*) FILTER (WHERE key_id = :'k') AS history_rows,
+       count(*) FILTER (WHERE key_id = :'k_other') AS own_rows,
+       count(*) FILTER (WHERE org_id = :'org') AS history_org_rows
+  FROM flowella.api_key_usage_log;
 COMMIT;
--- without an actor: 42501, as for every key call
+-- without an actor: 42501, as for every key call; the view and the table
+-- show nothing
 SELECT * FROM flowella.apikey_usage(:'k');
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM flowella.api_key_usage;
+SELECT count(*) FROM flowella.api_key_usage_log;
 RESET ROLE;
 
 -- The auditor reads every org's usage, with no actor.
@@ -137,11 +153,22 @@ SET ROLE regress_auditor;
 SELECT sum(requests) AS history_requests FROM flowella.apikey_usage(:'k');
 SELECT sum(requests) AS other_requests FROM flowella.apikey_usage(:'k_other');
 SELECT count(DISTINCT org_id) >= 2 AS many_orgs FROM flowella.api_key_usage;
+SELECT count(DISTINCT org_id) >= 2 AS many_orgs FROM flowella.api_key_usage_log;
+-- the view and the table hold every request the superuser sees
+SELECT (SELECT sum(requests) FROM flowella.api_key_usage) AS view_requests,
+       (SELECT sum(r.n) FROM flowella.api_key_usage_log l, unnest(l.requests) r(n))
+         AS table_requests \gset auditor_
 RESET ROLE;
+SELECT :auditor_view_requests = (SELECT sum(requests) FROM flowella.api_key_usage)
+       AND :auditor_table_requests = (SELECT sum(r.n) FROM flowella.api_key_usage_log l,
+                                             unnest(l.requests) r(n))
+       AND :auditor_view_requests = :auditor_table_requests AS auditor_sees_all;
 
 -- The verifier reads nothing.
 SET ROLE regress_verifier;
 SELECT count(*) FROM flowella.api_key_usage;
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM flowella.api_key_usage_log;
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM flowella.apikey_usage(:'k');
 \echo :LAST_ERROR_SQLSTATE
@@ -152,6 +179,63 @@ SELECT requests_counted = requests_written + requests_pending
                           + requests_overflowed + requests_discarded AS accounted,
        requests_overflowed = 0 AS none_overflowed
   FROM flowella.usage_stats();
+
+-- A bucket written in two flush rounds is two rows of the table; apikey_usage
+-- and the view show it once, summed.  (Written directly, at a fixed minute
+-- long past, so that no minute boundary can split it.)
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, '2000-01-01 10:00+00', ARRAY['192.0.2.50', NULL]::inet[],
+       ARRAY['messages:read', NULL], ARRAY['VALID', 'REVOKED'], ARRAY[2, 1]::bigint[]
+  FROM flowella.api_keys WHERE key_id = :'k';
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, '2000-01-01 10:00+00', ARRAY['192.0.2.50']::inet[],
+       ARRAY['messages:read'], ARRAY['VALID'], ARRAY[5]::bigint[]
+  FROM flowella.api_keys WHERE key_id = :'k';
+SET ROLE regress_manager;
+BEGIN;
+SELECT flowella.set_actor('b1000000-0000-4000-8000-000000000001') \gset
+SELECT * FROM flowella.apikey_usage(:'k', '2000-01-01 09:00+00', '2000-01-01 11:00+00');
+SELECT minute, client_ip, scope, code, requests FROM flowella.api_key_usage
+ WHERE key_id = :'k' AND minute < '2001-01-01' ORDER BY client_ip, code;
+COMMIT;
+RESET ROLE;
+
+-- The table's CHECKs: four one-dimensional arrays of one length (at least
+-- one), codes among the six counted ones, requests above zero, no NULL in
+-- either: 23514, and nothing written.
+SELECT count(*) AS rows_before FROM flowella.api_key_usage_log \gset
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, now(), ARRAY['192.0.2.1', '192.0.2.2']::inet[], ARRAY[NULL]::text[],
+       ARRAY['VALID'], ARRAY[1]::bigint[] FROM flowella.api_keys WHERE key_id = :'k';
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, now(), '{}', '{}', '{}', '{}' FROM flowella.api_keys WHERE key_id = :'k';
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, now(), '{{NULL}}', '{{NULL}}', '{{VALID}}', '{{1}}'
+  FROM flowella.api_keys WHERE key_id = :'k';
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, now(), '{NULL}', '{NULL}', '{MALFORMED}', '{1}'
+  FROM flowella.api_keys WHERE key_id = :'k';
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, now(), '{NULL}', '{NULL}', '{NULL}', '{1}'
+  FROM flowella.api_keys WHERE key_id = :'k';
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, now(), '{NULL,NULL}', '{NULL,NULL}', '{VALID,VALID}', '{1,0}'
+  FROM flowella.api_keys WHERE key_id = :'k';
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, now(), '{NULL}', '{NULL}', '{VALID}', '{-3}'
+  FROM flowella.api_keys WHERE key_id = :'k';
+\echo :LAST_ERROR_SQLSTATE
+INSERT INTO flowella.api_key_usage_log
+SELECT org_id, key_id, now(), '{NULL}', '{NULL}', '{VALID}', '{NULL}'
+  FROM flowella.api_keys WHERE key_id = :'k';
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) = :rows_before AS nothing_written FROM flowella.api_key_usage_log;
 
 \set VERBOSITY default
 \set ON_ERROR_ROLLBACK off

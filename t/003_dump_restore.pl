@@ -1,7 +1,8 @@
 # Dump and restore (SPEC section 8): pg_dump -> pg_restore into a new
 # database gives back the same keys (every token verifies the same), the
-# same audit records with the same numbers, the same last-used values, and
-# row-level security, guards and privileges still hold.
+# same audit records with the same numbers, the same last-used values, the
+# same usage history, and row-level security, guards and privileges still
+# hold.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -54,12 +55,21 @@ $node->safe_psql('postgres', qq{
 verify_uses($node, 'postgres', \@tokens, 3);
 my %snap = snapshot_queries(@tokens);
 my %before = take_snapshot($node, 'postgres', %snap);
+# every request counted so far written to the usage history
+$node->poll_query_until('postgres', 'SELECT requests_pending = 0 FROM flowella.usage_stats()')
+  or die 'usage counts were not flushed';
+my $usage_sql = q{SELECT key_id, minute, client_ip, scope, code, requests
+					FROM flowella.api_key_usage ORDER BY 1, 2, 3, 4, 5};
+my $usage_before = $node->safe_psql('postgres', $usage_sql);
 
 my $dump = "$PostgreSQL::Test::Utils::tmp_check/flowella.dump";
 $node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, 'postgres' ], 'pg_dump');
 $node->safe_psql('postgres', 'CREATE DATABASE restored');
 $node->command_ok([ 'pg_restore', '--exit-on-error', '-d', 'restored', $dump ], 'pg_restore');
 
+like($usage_before, qr/VALID/, 'the usage history holds the uses');
+is($node->safe_psql('restored', $usage_sql), $usage_before,
+	'the usage history is the same after restore');
 for my $what (snapshot_order(%snap))
 {
 	is($node->safe_psql('restored', $snap{$what}), $before{$what},
@@ -85,7 +95,7 @@ is($node->safe_psql('restored', 'SELECT max(event_id) FROM flowella.audit_record
 is($node->safe_psql('restored', q{
 	SELECT string_agg(relname || ':' || relrowsecurity || relforcerowsecurity, ' ' ORDER BY relname)
 	  FROM pg_class WHERE relnamespace = 'flowella'::regnamespace AND relkind = 'r'}),
-	'api_key_usage:truetrue api_keys:truetrue audit_records:truetrue members:truetrue orgs:truetrue plans:truetrue',
+	'api_key_usage_log:truetrue api_keys:truetrue audit_records:truetrue members:truetrue orgs:truetrue plans:truetrue',
 	'row-level security enabled and forced on every table');
 is($node->safe_psql('restored', q{
 	SELECT count(*) FROM pg_trigger

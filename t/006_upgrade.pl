@@ -3,12 +3,13 @@
 # of an install of that version).
 # Until it is updated, a database on an old version works with the current
 # library as it did (old result shapes, old signatures).
-# ALTER EXTENSION flowella_apikey UPDATE, from 1.0, 1.1 and 1.2, gives the
-# same objects as a fresh install of the current version (compared as
-# catalog listings: every member object with its definition, ACL and
-# flags), keeps every key, token, audit record and last use as it was, and
-# the API then works on the updated database as on a fresh one, the
-# per-key policy and rotation with a grace period included.
+# ALTER EXTENSION flowella_apikey UPDATE, from 1.0, 1.1, 1.2 and 1.3,
+# gives the same objects as a fresh install of the current version
+# (compared as catalog listings: every member object with its definition,
+# ACL and flags), keeps every key, token, audit record, last use and (from
+# 1.3) every request of the usage history as it was, and the API then works
+# on the updated database as on a fresh one, the per-key policy and
+# rotation with a grace period included.
 use strict;
 use warnings;
 use File::Basename qw(dirname);
@@ -26,6 +27,7 @@ my $default_version = $node->safe_psql('postgres',
 isnt($default_version, '1.0', "the current version ($default_version) is not 1.0");
 isnt($default_version, '1.1', "the current version ($default_version) is not 1.1");
 isnt($default_version, '1.2', "the current version ($default_version) is not 1.2");
+isnt($default_version, '1.3', "the current version ($default_version) is not 1.3");
 
 my $owner = 'e1000000-0000-4000-8000-000000000001';
 my $admin = 'e1000000-0000-4000-8000-000000000002';
@@ -50,7 +52,7 @@ sub extversion
 # listing has no OID, no timestamp and no cluster-specific name.  Never
 # regenerate one from the current scripts: it is the reference they are
 # held to.
-for my $version ('1.1', '1.2', '1.3')
+for my $version ('1.1', '1.2', '1.3', '1.4')
 {
 	(my $tag = $version) =~ s/\./_/;
 	my $fixture = slurp_file(dirname(__FILE__) . "/data/catalog-$version.txt");
@@ -71,10 +73,23 @@ for my $version ('1.1', '1.2', '1.3')
 		"a database updated from 1.0 to $version has what $version users had");
 }
 
+# The result columns of apikey_list and apikey_verify on each old version.
+my %list_columns = ('1.0' => 12, '1.1' => 12, '1.2' => 12, '1.3' => 14);
+my %verify_columns = ('1.0' => 6, '1.1' => 6, '1.2' => 6, '1.3' => 8);
+
+# Every bucket of the usage history as the superuser reads it: 1.3's table,
+# then 1.4's view of the same name.  And the requests apikey_usage shows.
+my $usage_rows_sql = q{SELECT key_id, minute, client_ip, scope, code, requests
+						 FROM flowella.api_key_usage ORDER BY 1, 2, 3, 4, 5};
+my $usage_sum_sql = q{SELECT count(*) || ' ' || sum(u.requests)
+						FROM flowella.api_keys k,
+							 LATERAL flowella.apikey_usage(k.key_id, now() - interval '1 day', now()) u};
+
 # A database on each old version with keys in every state, member changes,
-# audit records and last uses; its data is snapshot before the update.
+# audit records and last uses (and on 1.3, usage history); its data is
+# snapshot before the update.
 my %old;
-for my $from ('1.0', '1.1', '1.2')
+for my $from ('1.0', '1.1', '1.2', '1.3')
 {
 	(my $db = "old_$from") =~ s/\./_/;
 	$node->safe_psql('postgres', "CREATE DATABASE $db");
@@ -110,7 +125,7 @@ for my $from ('1.0', '1.1', '1.2')
 	});
 
 	# The current library serves the old schema with its old shapes:
-	# apikey_list's twelve columns, verify's six, replace's one argument.
+	# apikey_list's columns, verify's, replace's one argument.
 	is(last_line($node->safe_psql($db, qq{
 			BEGIN;
 			SELECT flowella.set_actor('$owner');
@@ -118,11 +133,11 @@ for my $from ('1.0', '1.1', '1.2')
 				SELECT row_to_json(l) FROM flowella.apikey_list((SELECT org_id FROM flowella.orgs)) l
 				 LIMIT 1));
 			COMMIT;})),
-		'12', "on $from, before the update: apikey_list has its twelve columns");
+		$list_columns{$from}, "on $from, before the update: apikey_list has its $list_columns{$from} columns");
 	is($node->safe_psql($db, qq{
 			SELECT count(*) FROM json_object_keys((
 				SELECT row_to_json(v) FROM flowella.apikey_verify('$tokens[2]', 'messages:read') v))}),
-		'6', "on $from, before the update: apikey_verify answers its six columns");
+		$verify_columns{$from}, "on $from, before the update: apikey_verify answers its $verify_columns{$from} columns");
 	like($node->safe_psql($db, qq{
 			BEGIN;
 			SELECT flowella.set_actor('$owner');
@@ -132,6 +147,17 @@ for my $from ('1.0', '1.1', '1.2')
 		qr/flwl_live_/, "on $from, before the update: apikey_replace(old_key_id) works");
 
 	verify_uses($node, $db, \@tokens, 3);
+	# 1.3 counts requests too: some from several client IPs and scopes
+	# (their last uses are written before the snapshot below).
+	if ($from eq '1.3')
+	{
+		$node->safe_psql($db, qq{
+			SELECT count(*) FROM unnest(ARRAY['$tokens[0]', '$tokens[1]', '$tokens[3]']) t,
+				   generate_series(1, 6) i,
+				   LATERAL flowella.apikey_verify(t, CASE WHEN i % 2 = 0 THEN 'messages:read' END,
+												  ('192.0.2.' || i % 4)::inet) v});
+		wait_for_flush($node, $db);
+	}
 	my %snap = snapshot_queries(@tokens);
 	my %before = take_snapshot($node, $db, %snap);
 	like($before{verify}, qr/REVOKED.*VALID.*VALID.*VALID/s, "tokens verify on $from");
@@ -140,6 +166,22 @@ for my $from ('1.0', '1.1', '1.2')
 	like($before{audit}, qr/key\.created.*key\.revoked.*key\.scopes_changed/s,
 		"audit records on $from");
 	$before{tokens} = \@tokens;
+
+	# 1.3: usage history, one row per bucket in 1.3's table.
+	if ($from eq '1.3')
+	{
+		$node->poll_query_until($db, 'SELECT requests_pending = 0 FROM flowella.usage_stats()')
+		  or die 'usage counts were not flushed';
+		$before{usage_rows} = $node->safe_psql($db, $usage_rows_sql);
+		$before{usage_sum} = $node->safe_psql($db, $usage_sum_sql);
+		like($before{usage_rows}, qr/192\.0\.2\.2\|messages:read\|VALID/,
+			"usage history on $from, with client IPs and scopes");
+		like($before{usage_rows}, qr/REVOKED/, "usage history on $from, with refusals");
+		cmp_ok((split / /, $before{usage_sum})[1], '>=', 18,
+			"on $from: apikey_usage shows the requests");
+		is($node->safe_psql($db, 'SELECT count(*) FROM flowella.api_key_usage'),
+			(split / /, $before{usage_sum})[0], "on $from: one row per bucket in the table");
+	}
 	$old{$from} = { db => $db, snap => \%snap, before => \%before };
 }
 
@@ -162,6 +204,19 @@ for my $from (sort keys %old)
 	# flags (FlowellaTest::catalog_listing); a failure shows the diff.
 	listing_is(catalog_listing($node, $db), $fresh,
 		"updated from $from: objects equal a fresh install (catalog listing, in order)");
+
+	# Every request of the usage history kept, bucket by bucket (the
+	# view), and apikey_usage shows the same.
+	if ($from eq '1.3')
+	{
+		is($node->safe_psql($db, $usage_rows_sql), $before->{usage_rows},
+			"updated from $from: every usage bucket kept, with its requests (the view)");
+		is($node->safe_psql($db, $usage_sum_sql), $before->{usage_sum},
+			"updated from $from: apikey_usage shows the same buckets and requests");
+		is($node->safe_psql($db, q{
+				SELECT count(*) = count(DISTINCT (key_id, minute)) FROM flowella.api_key_usage_log}),
+			't', "updated from $from: one row per key and minute in the new table");
+	}
 
 	# Data untouched; tokens verify the same.
 	for my $what (snapshot_order(%$snap))

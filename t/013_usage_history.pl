@@ -1,7 +1,9 @@
 # The usage pipeline's guarantees that need a server of their own: exact
 # counts with more distinct (key, client IP) pairs than the shared table
 # holds; counts and last uses surviving a clean restart; retention pruning
-# by the worker; what a crash may lose.
+# by the worker; a bucket written in two flush rounds read as one; what a
+# crash may lose.  The table sums are read through the view
+# flowella.api_key_usage (one row per bucket).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -105,9 +107,9 @@ ok($node->poll_query_until('postgres', qq{
 # 3. Retention: buckets older than flowella.usage_retention are deleted by
 # the worker (in batches of 1 000), recent ones stay.
 $node->safe_psql('postgres', q{
-	INSERT INTO flowella.api_key_usage (org_id, key_id, minute, client_ip, scope, code, requests)
+	INSERT INTO flowella.api_key_usage_log (org_id, key_id, minute, client_ips, scopes, codes, requests)
 	SELECT k.org_id, k.key_id, date_trunc('minute', now()) - make_interval(hours => 2, mins => i),
-		   NULL, NULL, 'VALID', 1
+		   '{NULL}', '{NULL}', '{VALID}', '{1}'
 	  FROM flowella.api_keys k, generate_series(1, 150) i});
 my $recent = $node->safe_psql('postgres',
 	q{SELECT count(*) FROM flowella.api_key_usage WHERE minute > now() - interval '1 hour'});
@@ -124,7 +126,44 @@ cmp_ok($node->safe_psql('postgres',
 cmp_ok($node->safe_psql('postgres', 'SELECT rows_pruned FROM flowella.usage_stats()'),
 	'>=', 3000, 'usage_stats counts them');
 
-# 4. A crash (immediate stop) skips the dump: what was pending may be lost
+# 4. The same bucket flushed in two rounds: two rows of the table, one row
+# of apikey_usage and of the view, its requests summed.  Both verifies must
+# fall in one minute: start early in a minute (each round takes about 1 s).
+# One request of the bucket, and the flush round that writes it (the
+# number of rounds is read before the request, so that a round that has
+# already written it counts).
+sub request_and_round
+{
+	my $flushes = $node->safe_psql('postgres', 'SELECT flushes FROM flowella.usage_stats()');
+	my $at = $node->safe_psql('postgres', q{
+		SELECT date_trunc('minute', now()) FROM tokens t,
+			   LATERAL verify_from(t.token, 'messages:send', '198.51.100.7') v
+		 WHERE t.n = 2});
+	$node->poll_query_until('postgres', qq{
+		SELECT flushes > $flushes AND requests_pending = 0 FROM flowella.usage_stats()})
+	  or die 'no flush round';
+	return $at;
+}
+$node->poll_query_until('postgres', q{SELECT extract(second FROM now()) < 30})
+  or die 'the clock does not move';
+my $minute = request_and_round();
+is(request_and_round(), $minute, 'a second request of the bucket in the same minute');
+is($node->safe_psql('postgres', qq{
+	SELECT count(*) FROM flowella.api_key_usage_log l JOIN tokens t USING (key_id)
+	 WHERE t.n = 2 AND l.minute = '$minute' AND '198.51.100.7' = ANY (l.client_ips)}),
+	'2', 'the two rounds wrote two rows');
+is($node->safe_psql('postgres', qq{
+	SELECT string_agg(u.minute || ' ' || u.scope || ' ' || u.code || ' ' || u.requests, ', ')
+	  FROM tokens t, LATERAL flowella.apikey_usage(t.key_id) u
+	 WHERE t.n = 2 AND u.client_ip = '198.51.100.7'}),
+	"$minute messages:send VALID 2", 'apikey_usage shows the bucket once, summed');
+is($node->safe_psql('postgres', qq{
+	SELECT count(*) || ' ' || sum(u.requests)
+	  FROM flowella.api_key_usage u JOIN tokens t USING (key_id)
+	 WHERE t.n = 2 AND u.client_ip = '198.51.100.7'}),
+	'1 2', 'and so does the view');
+
+# 5. A crash (immediate stop) skips the dump: what was pending may be lost
 # (at most what the last flush interval counted), never counted twice.
 $node->safe_psql('postgres',
 	"ALTER SYSTEM SET flowella.usage_flush_interval = 60; ALTER SYSTEM RESET flowella.usage_retention; SELECT pg_reload_conf()");
