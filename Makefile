@@ -7,6 +7,7 @@ OBJS = \
 	flowella_audit.o \
 	flowella_bucket.o \
 	flowella_check.o \
+	flowella_forward.o \
 	flowella_manage.o \
 	flowella_ratelimit.o \
 	flowella_redact.o \
@@ -24,13 +25,17 @@ DATA = flowella_apikey--1.0.sql flowella_apikey--1.0--1.1.sql \
 PGFILEDESC = "flowella_apikey - API keys for Flowella organisations"
 
 SHLIB_LINK += -lsodium
+# A hot standby's usage worker talks to the primary with libpq, linked the
+# way contrib/dblink and postgres_fdw link it.
+PG_CPPFLAGS += -I$(libpq_srcdir)
+SHLIB_LINK_INTERNAL += $(libpq)
 
 # installcheck runs against a server started with
 # shared_preload_libraries = flowella_apikey, as production runs it (see the
 # README: scripts/test.sh wraps it in pg_virtualenv).  setup runs first and
 # creates the extension, test roles and plans the other files use.
 REGRESS = setup tokens create verify hostile actor provisioning revoke scopes replace list \
-	security immutability audit usage usage_history policy rotation
+	security immutability audit usage usage_history usage_submit policy rotation
 ISOLATION = revoke_verify concurrent_create last_owner
 
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers

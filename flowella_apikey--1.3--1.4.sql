@@ -1,7 +1,8 @@
 /* flowella_apikey--1.3--1.4.sql
  *
  * 1.4 changes how usage history (SPEC section 10) is stored, not what it
- * shows.
+ * shows, and lets hot standbys hand their usage to the primary (SPEC
+ * section 13: the last section below).
  *
  * 1.3 kept one row of flowella.api_key_usage per bucket (key, minute,
  * client IP, scope, code), written by INSERT ... ON CONFLICT DO UPDATE:
@@ -18,6 +19,12 @@
  * the same rows.  apikey_usage keeps its signature, result and rules and
  * reads the new table.  The library writes whichever table the schema
  * has, so a database still on 1.3 keeps working until it is updated.
+ *
+ * Hot standbys: a standby's usage worker logs in to the primary as a role
+ * granted the new role flowella_apikey_replica, whose only right is to
+ * call flowella.usage_submit; flowella.usage_submissions remembers the
+ * last batch applied from each source, so a batch sent again after its
+ * answer was lost is counted once.
  *
  * Data: the 1.3 rows are moved into the new table (one row per key and
  * minute) and the old table is dropped, under a lock taken first so that
@@ -202,3 +209,64 @@ GRANT EXECUTE ON FUNCTION flowella.apikey_usage(uuid, timestamptz, timestamptz)
 	TO flowella_apikey_manager, flowella_apikey_auditor;
 
 SELECT pg_catalog.pg_extension_config_dump('flowella.api_key_usage_log', '');
+
+/*==== Usage from hot standbys (SPEC §13) ====*/
+
+/*
+ * The role a standby's usage worker logs in as (a login role granted this
+ * one): it may call usage_submit and nothing else of the extension.
+ */
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+	                WHERE rolname OPERATOR(pg_catalog.=) 'flowella_apikey_replica') THEN
+		CREATE ROLE flowella_apikey_replica NOLOGIN;
+	END IF;
+END
+$$;
+
+/*
+ * The last batch applied from each source: one run of one standby (a
+ * random id drawn at each start of its server), so that a batch sent again
+ * after its answer was lost is recognised and counted once.  Batches of a
+ * source arrive in order (one flush worker per database at a time).
+ */
+CREATE TABLE flowella.usage_submissions (
+	source		uuid PRIMARY KEY,
+	last_batch	bigint NOT NULL,
+	submitted_at timestamptz NOT NULL,
+	CONSTRAINT usage_submissions_batch_check
+		CHECK (last_batch OPERATOR(pg_catalog.>) 0)
+);
+
+/*
+ * usage_submit: add one batch of a standby's counts (the buckets in six
+ * parallel arrays, as verify counted them there) and last uses (two more)
+ * to this database.  Returns false, changing nothing, for a batch of that
+ * source already applied.  Input is checked whole before anything is
+ * written (22023 otherwise); keys this database does not have are
+ * ignored.  SECURITY DEFINER: the replica role holds no table privilege.
+ */
+CREATE FUNCTION flowella.usage_submit(source uuid, batch bigint,
+	key_ids uuid[], minutes timestamptz[], client_ips inet[], scopes text[],
+	codes text[], requests bigint[], used_keys uuid[], used_at timestamptz[])
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'flowella_usage_submit'
+LANGUAGE C VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- No policy: only the table's owner (usage_submit runs as it) and
+-- superusers reach it, as "every table has forced row-level security".
+ALTER TABLE flowella.usage_submissions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE flowella.usage_submissions FORCE ROW LEVEL SECURITY;
+
+SELECT pg_catalog.pg_extension_config_dump('flowella.usage_submissions', '');
+
+REVOKE ALL ON flowella.usage_submissions FROM PUBLIC;
+REVOKE TRUNCATE ON flowella.usage_submissions FROM CURRENT_USER;
+REVOKE ALL ON TYPE flowella.usage_submissions FROM PUBLIC;
+REVOKE ALL ON FUNCTION flowella.usage_submit(uuid, bigint, uuid[], timestamptz[],
+	inet[], text[], text[], bigint[], uuid[], timestamptz[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION flowella.usage_submit(uuid, bigint, uuid[], timestamptz[],
+	inet[], text[], text[], bigint[], uuid[], timestamptz[]) TO flowella_apikey_replica;
+GRANT USAGE ON SCHEMA flowella TO flowella_apikey_replica;

@@ -186,6 +186,29 @@ extern void flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when,
 							 const text *scope);
 
 /*
+ * Usage counted on a hot standby goes to the primary in batches
+ * (flowella_usage.c keeps them, flowella_forward.c carries them): a batch
+ * is known by the source (one run of the standby's server) and its number,
+ * and its arrays are usage_submit's arguments after those two.
+ */
+#define FLWL_BATCH_ARRAYS	8
+
+typedef struct FlwlUsageBatch
+{
+	pg_uuid_t	source;
+	int64		number;
+	Datum		arrays[FLWL_BATCH_ARRAYS];
+	void	   *taken;			/* flowella_usage.c's record of what it sent */
+} FlwlUsageBatch;
+
+extern char *flwl_usage_primary_conninfo;
+extern bool flwl_usage_batch_next(Oid dbid, bool with_uses, FlwlUsageBatch *batch);
+extern void flwl_usage_batch_done(FlwlUsageBatch *batch);
+extern void *flwl_usage_read_submission(Datum *arrays);
+extern void flwl_usage_write_submission(void *submission);
+extern bool flwl_forward_round(Oid dbid, bool regular, const char *conninfo);
+
+/*
  * Per-key rate limits (flowella_ratelimit.c): a token bucket per key in
  * this server's shared memory, of capacity limit_per_minute, refilled at
  * limit_per_minute per minute.  flwl_ratelimit_take spends one request of
@@ -210,6 +233,18 @@ extern void flwl_ratelimit_shmem_startup(void);
 extern bool flwl_ratelimit_take(const pg_uuid_t *key_id, int32 limit_per_minute,
 								TimestampTz now, int32 *remaining,
 								int32 *retry_after_ms);
+
+/*
+ * The link from a hot standby to its primary (flowella_forward.c): each
+ * call waits on the latch, honours interrupts and gives up with an ERROR
+ * after a bounded time.  The connection is closed by flwl_link_close, also
+ * when a call raised.
+ */
+struct pg_conn;					/* libpq's PGconn */
+extern struct pg_conn *flwl_link_open(const char *conninfo, const char *dbname);
+extern char *flwl_link_query(struct pg_conn *conn, const char *sql, int nparams,
+							 const char *const *values);
+extern void flwl_link_close(struct pg_conn *conn);
 
 /* Log redaction (flowella_redact.c) */
 extern void flwl_redact_init(void);

@@ -7,8 +7,11 @@
  *
  * So verify never writes a row, never waits on a row lock and works in READ
  * ONLY transactions, while a key used 2 000 times a minute costs one row
- * update of api_keys a minute.  A hot standby records nothing (it cannot
- * write; forwarding its counts to the primary is for later).
+ * update of api_keys a minute.  A hot standby counts the same way when
+ * flowella.usage_primary_conninfo names its primary (else it records
+ * nothing): its flush worker hands the counts and uses to the primary in
+ * numbered batches instead of writing them (flowella_forward.c; "Hot
+ * standbys" below).
  *
  * Shared state, under one LWLock (usage->lock), two fixed-size hash tables
  * (HASH_FIXED_SIZE: neither ever takes more than the shared memory reserved
@@ -63,6 +66,19 @@
  * start loads and removes it.  A crash skips the dump; the file of a
  * previous clean shutdown was removed when it was loaded, so it can never
  * be counted twice.  A file that does not read back is logged and ignored.
+ *
+ * Hot standbys: the launcher runs there too (from a consistent state on),
+ * and a standby's flush worker sends its database's buckets and uses to
+ * the primary instead of writing them.  Each batch's amounts move from
+ * requests to inflight and stay there until the primary has answered; a
+ * batch whose answer was lost goes again as it was, under its number (the
+ * primary applies each number of a source once).  A round that fails (no
+ * primary, a broken link) is logged and the database waits before the
+ * next: one interval, then two, four... up to USAGE_BACKOFF_MAX_MS; a
+ * failed round costs the last uses no retry.  A promoted server settles a
+ * batch left in flight by asking its own (replayed) usage_submissions
+ * whether the old primary applied it.  A clean restart keeps what is in
+ * flight and its number (dump format 3).
  *
  * Workers, the pg_cron way: the "flowella usage launcher" (static,
  * connected to shared catalogs only) wakes every flush interval and starts
@@ -145,6 +161,7 @@ static int	usage_max_keys = 10000;
 static int	usage_max_buckets = 50000;
 static int	usage_flush_interval = 60;	/* seconds */
 static char *usage_retention = NULL;	/* an interval, "90 days" */
+char	   *flwl_usage_primary_conninfo = NULL; /* a standby's primary */
 
 /*
  * A use that this many flush rounds failed to write (row locked, flush
@@ -159,6 +176,17 @@ static char *usage_retention = NULL;	/* an interval, "90 days" */
 #define USAGE_FLUSH_BATCH		50000
 #define USAGE_PRUNE_BUDGET_MS	2000
 
+/*
+ * A standby hands its counts to the primary in batches of at most
+ * USAGE_FLUSH_BATCH buckets; the primary takes at most USAGE_SUBMIT_MAX in
+ * one.  After a failed round the standby waits one interval, then two,
+ * four... up to USAGE_BACKOFF_MAX_MS.  USAGE_FORWARD_SLOTS databases may
+ * have a batch in flight (or be backing off) at once.
+ */
+#define USAGE_SUBMIT_MAX		1000000
+#define USAGE_BACKOFF_MAX_MS	300000
+#define USAGE_FORWARD_SLOTS		64
+
 /* Early rounds (the bucket table filling) start at most this often. */
 #define USAGE_EARLY_GAP_MS		1000
 
@@ -168,7 +196,8 @@ static char *usage_retention = NULL;	/* an interval, "90 days" */
 /* The file of pending counts kept over a clean restart. */
 #define USAGE_DUMP_FILE		PGSTAT_STAT_PERMANENT_DIRECTORY "/flowella_usage.stat"
 #define USAGE_DUMP_MAGIC	0x464c5755	/* "FLWU" */
-#define USAGE_DUMP_FORMAT	2	/* 2: codes are FlwlVerifyCode values */
+#define USAGE_DUMP_FORMAT	3	/* 2: codes are FlwlVerifyCode values;
+								 * 3: and batches in flight */
 
 /*
  * A bucket's code is an FlwlVerifyCode.  MALFORMED and NOT_FOUND identify
@@ -208,7 +237,33 @@ typedef struct BucketEntry
 {
 	BucketKey	key;			/* hash key: must be first */
 	pg_atomic_uint64 requests;	/* counted, not yet written */
+	uint64		inflight;		/* a standby's: sent in its database's batch
+								 * in flight, answer not seen (under the
+								 * lock; verify never touches it) */
 } BucketEntry;
+
+/* A pending bucket as a flush copied it: its identity and the count read (or the amount in flight). */
+typedef struct FlushBucket
+{
+	BucketKey	key;
+	uint64		requests;
+} FlushBucket;
+
+/*
+ * A standby's forwarding state for one database: the batch in flight (its
+ * buckets' inflight amounts went to the primary as batch number of source,
+ * and whether the primary has it is not known yet) and the back-off after
+ * failed rounds.  A slot is free when dbid is InvalidOid.
+ */
+typedef struct ForwardState
+{
+	Oid			dbid;
+	bool		in_flight;
+	pg_uuid_t	source;
+	int64		number;
+	int			failures;		/* rounds failed in a row */
+	TimestampTz next_try;		/* no round before this */
+} ForwardState;
 
 typedef struct UsageShared
 {
@@ -227,6 +282,10 @@ typedef struct UsageShared
 	Latch	   *launcher_latch; /* set by the launcher */
 	Oid			round_done;		/* set by a flush worker that did its
 								 * accounting; launcher only otherwise */
+	pg_uuid_t	source;			/* this run of the server, for a primary: drawn
+								 * at start, so batch numbers never repeat */
+	int64		last_batch;		/* last batch number given out */
+	ForwardState forward[USAGE_FORWARD_SLOTS];	/* under the lock */
 } UsageShared;
 
 static UsageShared *usage = NULL;
@@ -245,12 +304,25 @@ static Size usage_memsize(void);
 static void usage_shmem_shutdown(int code, Datum arg);
 static void usage_load(void);
 static bool lastuse_put_locked(const UsageKey *key, TimestampTz when);
-static bool bucket_add_locked(const BucketKey *key, uint64 n, bool *folded);
+static BucketEntry *bucket_add_locked(const BucketKey *key, uint64 n,
+									  bool *folded);
 static void wake_launcher(void);
 static void entry_round_failed(UsageEntry *entry);
 static void lastuse_settle_database_locked(Oid dbid, bool forget);
 static void database_round_failed(Oid dbid);
 static void report_round_done(Oid dbid);
+static int	copy_buckets(Oid dbid, bool inflight, int max, FlushBucket ***sorted);
+static uint64 take_away_locked(int n, FlushBucket **b, bool inflight);
+static int	copy_last_uses(Oid dbid, UsageKey **keys, Datum **ids, Datum **whens);
+static void settle_last_uses(int n, UsageKey *keys, Datum *whens,
+							 const bool *done);
+static ForwardState *forward_slot_locked(Oid dbid, bool create);
+static bool forward_due(Oid dbid, TimestampTz now);
+static void forward_round_done(Oid dbid, bool ok);
+static void settle_after_promotion(Oid dbid);
+static bool usage_scope_ok(const char *scope, size_t len);
+static int	usage_code_of(const char *name);
+static void forward_release_locked(Oid dbid);
 
 /*---- Set-up ----*/
 
@@ -292,10 +364,17 @@ flwl_usage_init(void)
 							   "90 days",
 							   PGC_SIGHUP, 0,
 							   usage_retention_check, NULL, NULL);
+	DefineCustomStringVariable("flowella.usage_primary_conninfo",
+							   "Connection string a hot standby's usage worker uses to hand its counts to the primary.",
+							   "Empty: a standby records no usage.  The database is the one the counts are of.",
+							   &flwl_usage_primary_conninfo,
+							   "",
+							   PGC_SUSET, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = 10;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "flowella_apikey");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "flowella_usage_launcher_main");
@@ -387,6 +466,13 @@ flwl_usage_shmem_startup(void)
 		pg_atomic_init_u32(&usage->wake_wanted, 0);
 		usage->launcher_latch = NULL;
 		usage->round_done = InvalidOid;
+		if (!pg_strong_random(&usage->source, sizeof(usage->source)))
+			elog(FATAL, "could not generate a random usage source id");
+		/* a version 4 (random) UUID */
+		usage->source.data[6] = (usage->source.data[6] & 0x0f) | 0x40;
+		usage->source.data[8] = (usage->source.data[8] & 0x3f) | 0x80;
+		usage->last_batch = 0;
+		memset(usage->forward, 0, sizeof(usage->forward));
 	}
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(UsageKey);
@@ -423,6 +509,13 @@ typedef struct UsageDumpHeader
 	int64		n_buckets;
 } UsageDumpHeader;
 
+/* Format 3 follows the header with this, then the slots in flight. */
+typedef struct UsageDumpHeader3
+{
+	uint32		forward_size;	/* sizeof(UsageDumpForward) */
+	int64		n_forward;
+} UsageDumpHeader3;
+
 typedef struct UsageDumpLastUse
 {
 	UsageKey	key;
@@ -433,7 +526,19 @@ typedef struct UsageDumpBucket
 {
 	BucketKey	key;
 	uint64		requests;
+	uint64		inflight;		/* not in format 2 */
 } UsageDumpBucket;
+
+/* A batch in flight (format 3): the next start sends it again as it was. */
+typedef struct UsageDumpForward
+{
+	Oid			dbid;
+	pg_uuid_t	source;
+	int64		number;
+} UsageDumpForward;
+
+/* Format 2's bucket record: what UsageDumpBucket is up to inflight. */
+#define USAGE_DUMP_BUCKET_SIZE_2	offsetof(UsageDumpBucket, inflight)
 
 /*
  * on_shmem_exit in the postmaster: after a clean shutdown (every backend
@@ -447,6 +552,7 @@ usage_shmem_shutdown(int code, Datum arg)
 	const char *tmp = USAGE_DUMP_FILE ".tmp";
 	FILE	   *file;
 	UsageDumpHeader header;
+	UsageDumpHeader3 header3;
 	HASH_SEQ_STATUS seq;
 	UsageEntry *entry;
 	BucketEntry *bucket;
@@ -480,8 +586,27 @@ usage_shmem_shutdown(int code, Datum arg)
 	header.bucket_size = sizeof(UsageDumpBucket);
 	header.n_lastuse = hash_get_num_entries(usage_hash);
 	header.n_buckets = hash_get_num_entries(bucket_hash);
-	if (fwrite(&header, sizeof(header), 1, file) != 1)
+	memset(&header3, 0, sizeof(header3));
+	header3.forward_size = sizeof(UsageDumpForward);
+	for (int i = 0; i < USAGE_FORWARD_SLOTS; i++)
+		if (usage->forward[i].dbid != InvalidOid && usage->forward[i].in_flight)
+			header3.n_forward++;
+	if (fwrite(&header, sizeof(header), 1, file) != 1 ||
+		fwrite(&header3, sizeof(header3), 1, file) != 1)
 		goto error;
+	for (int i = 0; i < USAGE_FORWARD_SLOTS; i++)
+	{
+		UsageDumpForward rec;
+
+		if (usage->forward[i].dbid == InvalidOid || !usage->forward[i].in_flight)
+			continue;
+		memset(&rec, 0, sizeof(rec));
+		rec.dbid = usage->forward[i].dbid;
+		rec.source = usage->forward[i].source;
+		rec.number = usage->forward[i].number;
+		if (fwrite(&rec, sizeof(rec), 1, file) != 1)
+			goto error;
+	}
 
 	hash_seq_init(&seq, usage_hash);
 	while ((entry = hash_seq_search(&seq)) != NULL)
@@ -505,6 +630,7 @@ usage_shmem_shutdown(int code, Datum arg)
 		memset(&rec, 0, sizeof(rec));
 		rec.key = bucket->key;
 		rec.requests = pg_atomic_read_u64(&bucket->requests);
+		rec.inflight = bucket->inflight;
 		if (fwrite(&rec, sizeof(rec), 1, file) != 1)
 		{
 			hash_seq_term(&seq);
@@ -543,6 +669,8 @@ usage_load(void)
 {
 	FILE	   *file;
 	UsageDumpHeader header;
+	UsageDumpHeader3 header3 = {sizeof(UsageDumpForward), 0};
+	size_t		bucket_size;
 	uint32		trailer;
 	int64		uses = 0;
 	uint64		requests = 0;
@@ -557,13 +685,35 @@ usage_load(void)
 		return;
 	}
 
+	/* format 2 (1.3's library) has no batches in flight */
 	if (fread(&header, sizeof(header), 1, file) != 1 ||
 		header.magic != USAGE_DUMP_MAGIC ||
-		header.format != USAGE_DUMP_FORMAT ||
-		header.lastuse_size != sizeof(UsageDumpLastUse) ||
-		header.bucket_size != sizeof(UsageDumpBucket) ||
-		header.n_lastuse < 0 || header.n_buckets < 0)
+		(header.format != 2 && header.format != USAGE_DUMP_FORMAT) ||
+		(header.format == USAGE_DUMP_FORMAT &&
+		 fread(&header3, sizeof(header3), 1, file) != 1))
 		goto bad;
+	bucket_size = (header.format == 2) ? USAGE_DUMP_BUCKET_SIZE_2 : sizeof(UsageDumpBucket);
+	if (header.lastuse_size != sizeof(UsageDumpLastUse) ||
+		header.bucket_size != bucket_size ||
+		header3.forward_size != sizeof(UsageDumpForward) ||
+		header.n_lastuse < 0 || header.n_buckets < 0 ||
+		header3.n_forward < 0 || header3.n_forward > USAGE_FORWARD_SLOTS)
+		goto bad;
+
+	for (int64 i = 0; i < header3.n_forward; i++)
+	{
+		UsageDumpForward rec;
+		ForwardState *slot;
+
+		if (fread(&rec, sizeof(rec), 1, file) != 1)
+			goto bad;
+		slot = forward_slot_locked(rec.dbid, true);
+		if (slot == NULL)
+			goto bad;
+		slot->in_flight = true;
+		slot->source = rec.source;
+		slot->number = rec.number;
+	}
 
 	for (int64 i = 0; i < header.n_lastuse; i++)
 	{
@@ -577,16 +727,28 @@ usage_load(void)
 	for (int64 i = 0; i < header.n_buckets; i++)
 	{
 		UsageDumpBucket rec;
+		BucketEntry *entry;
 		bool		folded;
 
-		if (fread(&rec, sizeof(rec), 1, file) != 1)
+		memset(&rec, 0, sizeof(rec));
+		if (fread(&rec, bucket_size, 1, file) != 1)
 			goto bad;
-		if (rec.requests == 0 || !USAGE_CODE_COUNTED(rec.key.code) ||
-			rec.key.scope_len > USAGE_SCOPE_MAX)
+		if ((rec.requests == 0 && rec.inflight == 0) ||
+			!USAGE_CODE_COUNTED(rec.key.code) || rec.key.scope_len > USAGE_SCOPE_MAX)
 			continue;
-		(void) bucket_add_locked(&rec.key, rec.requests, &folded);
-		pg_atomic_fetch_add_u64(&usage->counted, rec.requests);
-		requests += rec.requests;
+
+		/*
+		 * What was in flight stays in flight, to go again under its batch's
+		 * number (the primary knows whether it has it); folded, it is the
+		 * same batch with less detail.
+		 */
+		entry = bucket_add_locked(&rec.key, rec.requests, &folded);
+		if (entry != NULL)
+			entry->inflight += rec.inflight;
+		else
+			pg_atomic_fetch_add_u64(&usage->overflowed, rec.inflight);
+		pg_atomic_fetch_add_u64(&usage->counted, rec.requests + rec.inflight);
+		requests += rec.requests + rec.inflight;
 	}
 	if (fread(&trailer, sizeof(trailer), 1, file) != 1 || trailer != USAGE_DUMP_MAGIC)
 		goto bad;
@@ -658,10 +820,10 @@ bucket_is_coarse(const BucketKey *key)
  * buckets may take three quarters of the table; past that the request is
  * folded into the key's coarse bucket (*folded set), which may take the
  * rest; if even that is full, the requests are counted as overflowed and
- * false is returned.  Caller holds the lock exclusively (or is alone,
- * loading the file).
+ * NULL is returned, else the entry that took them.  Caller holds the lock
+ * exclusively (or is alone, loading the file).
  */
-static bool
+static BucketEntry *
 bucket_add_locked(const BucketKey *key, uint64 n, bool *folded)
 {
 	BucketEntry *entry;
@@ -690,16 +852,19 @@ bucket_add_locked(const BucketKey *key, uint64 n, bool *folded)
 	{
 		entry = hash_search(bucket_hash, key, HASH_ENTER_NULL, &found);
 		if (entry != NULL && !found)
+		{
 			pg_atomic_init_u64(&entry->requests, 0);
+			entry->inflight = 0;
+		}
 	}
 
 	if (entry == NULL)
 	{
 		pg_atomic_fetch_add_u64(&usage->overflowed, n);
-		return false;
+		return NULL;
 	}
 	pg_atomic_fetch_add_u64(&entry->requests, n);
-	return true;
+	return entry;
 }
 
 /*
@@ -720,6 +885,27 @@ wake_launcher(void)
 }
 
 /*
+ * Whether a required scope is kept in a bucket: a scope name, never
+ * anything token-shaped.
+ */
+static bool
+usage_scope_ok(const char *scope, size_t len)
+{
+	return len <= USAGE_SCOPE_MAX && flwl_scope_name_problem(scope, len) == NULL &&
+		!(len >= 5 && memcmp(scope, "flwl_", 5) == 0);
+}
+
+/* The counted code named name, or -1. */
+static int
+usage_code_of(const char *name)
+{
+	for (int code = 0; code < FLWL_VC_COUNT; code++)
+		if (USAGE_CODE_COUNTED(code) && strcmp(flwl_verify_code_names[code], name) == 0)
+			return code;
+	return -1;
+}
+
+/*
  * Count one request of key_id (in the current database) that verify
  * answered with code, at when, from client_ip and for scope (either may be
  * NULL); for VALID also note the use as the key's last.  MALFORMED and
@@ -728,7 +914,7 @@ wake_launcher(void)
  * The common case (the bucket and the last-use entry exist) takes the lock
  * shared once and adds atomically; no palloc, no table, no wait on a row.
  * Does nothing when the library was not preloaded, or on a hot standby
- * (which cannot write the counts: they would only fill the table).
+ * with no primary to hand the counts to (they would only fill the table).
  */
 void
 flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
@@ -742,7 +928,10 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 	bool		folded = false;
 	bool		overflowed = false;
 
-	if (usage == NULL || bucket_hash == NULL || RecoveryInProgress())
+	if (usage == NULL || bucket_hash == NULL)
+		return;
+	/* a standby counts only what it can hand to a primary */
+	if (flwl_usage_primary_conninfo[0] == '\0' && RecoveryInProgress())
 		return;
 
 	if (!USAGE_CODE_COUNTED(code))
@@ -769,9 +958,7 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 		const char *s = VARDATA_ANY(scope);
 		size_t		len = VARSIZE_ANY_EXHDR(scope);
 
-		/* a scope name, never anything token-shaped */
-		if (len <= USAGE_SCOPE_MAX && flwl_scope_name_problem(s, len) == NULL &&
-			!(len >= 5 && memcmp(s, "flwl_", 5) == 0))
+		if (usage_scope_ok(s, len))
 		{
 			key.scope_len = (uint8) len;
 			memcpy(key.scope, s, len);
@@ -800,7 +987,7 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 	{
 		LWLockAcquire(usage->lock, LW_EXCLUSIVE);
 		if (bucket == NULL)
-			overflowed = !bucket_add_locked(&key, 1, &folded);
+			overflowed = (bucket_add_locked(&key, 1, &folded) == NULL);
 		if (valid && entry == NULL)
 			(void) lastuse_put_locked(&ukey, when);
 		LWLockRelease(usage->lock);
@@ -857,7 +1044,8 @@ flowella_usage_stats(PG_FUNCTION_ARGS)
 		{
 			hash_seq_init(&seq, bucket_hash);
 			while ((bucket = hash_seq_search(&seq)) != NULL)
-				pending_requests += pg_atomic_read_u64(&bucket->requests);
+				pending_requests += pg_atomic_read_u64(&bucket->requests) +
+					bucket->inflight;
 		}
 		LWLockRelease(usage->lock);
 		values[1] = Int64GetDatum(pg_atomic_read_u64(&usage->recorded));
@@ -894,7 +1082,7 @@ launch_flush(Oid dbid, bool regular)
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_start_time = BgWorkerStart_ConsistentState;
 	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(worker.bgw_library_name, BGW_MAXLEN, "flowella_apikey");
 	snprintf(worker.bgw_function_name, BGW_MAXLEN, "flowella_usage_flush_main");
@@ -1021,9 +1209,11 @@ forget_database(Oid dbid)
 		if (bucket->key.dbid == dbid)
 		{
 			pg_atomic_fetch_add_u64(&usage->discarded,
-									pg_atomic_read_u64(&bucket->requests));
+									pg_atomic_read_u64(&bucket->requests) +
+									bucket->inflight);
 			hash_search(bucket_hash, &bucket->key, HASH_REMOVE, NULL);
 		}
+	forward_release_locked(dbid);
 	LWLockRelease(usage->lock);
 }
 
@@ -1078,10 +1268,10 @@ run_round(bool regular, uint64 *overflow_seen)
 
 	for (int i = 0; i < ndb && !ShutdownRequestPending; i++)
 	{
-		if (database_exists(dbids[i]))
-			launch_flush(dbids[i], regular);
-		else
+		if (!database_exists(dbids[i]))
 			forget_database(dbids[i]);
+		else if (!RecoveryInProgress() || forward_due(dbids[i], GetCurrentTimestamp()))
+			launch_flush(dbids[i], regular);
 	}
 	pfree(dbids);
 }
@@ -1232,13 +1422,6 @@ flush_error(void)
 	FlushErrorState();
 	pgstat_report_activity(STATE_IDLE, NULL);
 }
-
-/* A pending bucket as a flush copied it: its identity and the count read. */
-typedef struct FlushBucket
-{
-	BucketKey	key;
-	uint64		requests;
-} FlushBucket;
 
 /* Order by key, then minute: the rows of the 1.4 table. */
 static int
@@ -1464,6 +1647,82 @@ write_buckets(int n, FlushBucket **b, bool *discarded)
 }
 
 /*
+ * Copy the buckets of dbid with something counted (inflight: with
+ * something in flight), at most max of them (0: all), with that amount,
+ * into a palloc'd array sorted by key and minute; returns how many.  The
+ * amounts are read under the shared lock: requests counted meanwhile stay
+ * in the entries, for a later round.
+ */
+static int
+copy_buckets(Oid dbid, bool inflight, int max, FlushBucket ***sorted)
+{
+	HASH_SEQ_STATUS seq;
+	BucketEntry *bucket;
+	FlushBucket *copy;
+	int			n = 0;
+
+	LWLockAcquire(usage->lock, LW_SHARED);
+	copy = palloc(sizeof(FlushBucket) * (hash_get_num_entries(bucket_hash) + 1));
+	hash_seq_init(&seq, bucket_hash);
+	while ((bucket = hash_seq_search(&seq)) != NULL)
+	{
+		uint64		amount;
+
+		if (bucket->key.dbid != dbid)
+			continue;
+		amount = inflight ? bucket->inflight : pg_atomic_read_u64(&bucket->requests);
+		if (amount == 0)
+			continue;
+		copy[n].key = bucket->key;
+		copy[n].requests = amount;
+		if (++n == max)
+		{
+			hash_seq_term(&seq);
+			break;
+		}
+	}
+	LWLockRelease(usage->lock);
+
+	*sorted = palloc(sizeof(FlushBucket *) * (n + 1));
+	for (int i = 0; i < n; i++)
+		(*sorted)[i] = &copy[i];
+	qsort(*sorted, n, sizeof(FlushBucket *), flush_bucket_cmp);
+	return n;
+}
+
+/*
+ * Take the amounts of b[0..n-1] away from their entries' counts (inflight:
+ * from what is in flight) and drop the entries left with nothing; returns
+ * the total taken.  Caller holds the lock exclusively; only the one flush
+ * worker running takes away, so the entries are still there.
+ */
+static uint64
+take_away_locked(int n, FlushBucket **b, bool inflight)
+{
+	uint64		total = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		BucketEntry *bucket = hash_search(bucket_hash, &b[i]->key, HASH_FIND, NULL);
+		uint64		left;
+
+		total += b[i]->requests;
+		if (bucket == NULL)
+			continue;			/* cannot happen: only flushes remove */
+		if (inflight)
+		{
+			bucket->inflight -= Min(bucket->inflight, b[i]->requests);
+			left = pg_atomic_read_u64(&bucket->requests);
+		}
+		else
+			left = pg_atomic_sub_fetch_u64(&bucket->requests, b[i]->requests);
+		if (left == 0 && bucket->inflight == 0)
+			hash_search(bucket_hash, &b[i]->key, HASH_REMOVE, NULL);
+	}
+	return total;
+}
+
+/*
  * Write this database's pending buckets.  The counts are read once, then
  * written in batches of at most USAGE_FLUSH_BATCH buckets (cut between two
  * key-minutes where one allows it), each in its own transaction and, only
@@ -1477,33 +1736,8 @@ write_buckets(int n, FlushBucket **b, bool *discarded)
 static void
 flush_buckets(Oid dbid)
 {
-	HASH_SEQ_STATUS seq;
-	BucketEntry *bucket;
-	FlushBucket *copy;
 	FlushBucket **sorted;
-	int			n = 0;
-	int			capacity;
-
-	LWLockAcquire(usage->lock, LW_SHARED);
-	capacity = hash_get_num_entries(bucket_hash) + 1;
-	copy = palloc(sizeof(FlushBucket) * capacity);
-	hash_seq_init(&seq, bucket_hash);
-	while ((bucket = hash_seq_search(&seq)) != NULL)
-	{
-		if (bucket->key.dbid != dbid)
-			continue;
-		copy[n].key = bucket->key;
-		copy[n].requests = pg_atomic_read_u64(&bucket->requests);
-		n++;
-	}
-	LWLockRelease(usage->lock);
-	if (n == 0)
-		return;
-
-	sorted = palloc(sizeof(FlushBucket *) * n);
-	for (int i = 0; i < n; i++)
-		sorted[i] = &copy[i];
-	qsort(sorted, n, sizeof(FlushBucket *), flush_bucket_cmp);
+	int			n = copy_buckets(dbid, false, 0, &sorted);
 
 	for (int lo = 0, hi; lo < n; lo = hi)
 	{
@@ -1527,15 +1761,7 @@ flush_buckets(Oid dbid)
 
 		/* committed: take away what was written, drop the entries now empty */
 		LWLockAcquire(usage->lock, LW_EXCLUSIVE);
-		for (int i = lo; i < hi; i++)
-		{
-			bucket = hash_search(bucket_hash, &sorted[i]->key, HASH_FIND, NULL);
-			total += sorted[i]->requests;
-			if (bucket == NULL)
-				continue;		/* cannot happen: only flushes remove */
-			if (pg_atomic_sub_fetch_u64(&bucket->requests, sorted[i]->requests) == 0)
-				hash_search(bucket_hash, &sorted[i]->key, HASH_REMOVE, NULL);
-		}
+		total = take_away_locked(hi - lo, &sorted[lo], false);
 		LWLockRelease(usage->lock);
 		pg_atomic_fetch_add_u64(discarded ? &usage->discarded : &usage->written, total);
 	}
@@ -1551,12 +1777,29 @@ flush_query(const char *sql, Datum *args, int expected)
 }
 
 /*
+ * The UPDATE of last uses: each key's newest (never moved back, nor past
+ * the present: a standby's clock may run ahead), its rows locked as lock
+ * says.
+ */
+#define USES_UPDATE_SQL(lock) \
+	"WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(key_id, used_at))," \
+	" l AS (SELECT k.key_id, LEAST(u.used_at, pg_catalog.now()) AS used_at" \
+	"         FROM flowella.api_keys k" \
+	"        JOIN u ON u.key_id OPERATOR(pg_catalog.=) k.key_id " lock ")" \
+	" UPDATE flowella.api_keys k" \
+	"    SET last_used_at = GREATEST(k.last_used_at, l.used_at)" \
+	"   FROM l WHERE k.key_id OPERATOR(pg_catalog.=) l.key_id" \
+	"    AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) l.used_at)" \
+	" RETURNING k.key_id"
+
+/*
  * Write the newest use of each of the n keys (ids, whens) and set done[i]
  * for those now written, already newer or gone.  Returns the number of rows
- * updated.
+ * updated.  Rows locked by others are skipped (their uses are not done),
+ * unless wait: then they are waited for, in key order.
  */
 static uint64
-write_uses(int n, Datum *ids, Datum *whens, bool *done)
+write_uses(int n, Datum *ids, Datum *whens, bool *done, bool wait)
 {
 	Datum		args[2];
 	uint64		updated;
@@ -1564,15 +1807,8 @@ write_uses(int n, Datum *ids, Datum *whens, bool *done)
 	args[0] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 	args[1] = PointerGetDatum(construct_array(whens, n, TIMESTAMPTZOID, sizeof(TimestampTz),
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	flush_query("WITH u AS (SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(key_id, used_at)),"
-				" l AS (SELECT k.key_id, u.used_at FROM flowella.api_keys k"
-				"        JOIN u ON u.key_id OPERATOR(pg_catalog.=) k.key_id"
-				"       FOR UPDATE OF k SKIP LOCKED)"
-				" UPDATE flowella.api_keys k"
-				"    SET last_used_at = GREATEST(k.last_used_at, l.used_at)"
-				"   FROM l WHERE k.key_id OPERATOR(pg_catalog.=) l.key_id"
-				"    AND (k.last_used_at IS NULL OR k.last_used_at OPERATOR(pg_catalog.<) l.used_at)"
-				" RETURNING k.key_id",
+	flush_query(wait ? USES_UPDATE_SQL("ORDER BY k.key_id FOR UPDATE OF k") :
+				USES_UPDATE_SQL("FOR UPDATE OF k SKIP LOCKED"),
 				args, SPI_OK_UPDATE_RETURNING);
 	updated = SPI_processed;
 
@@ -1609,7 +1845,7 @@ flush_database(int n, Datum *ids, Datum *whens, bool *done)
 
 	pinned = start_flush_transaction("flowella: flushing last_used_at");
 	if (OidIsValid(get_extension_oid("flowella_apikey", true)))
-		updated = write_uses(n, ids, whens, done);
+		updated = write_uses(n, ids, whens, done, false);
 	else
 		memset(done, true, sizeof(bool) * n);
 	finish_flush_transaction(pinned);
@@ -1625,35 +1861,12 @@ flush_database(int n, Datum *ids, Datum *whens, bool *done)
 static void
 flush_last_uses(Oid dbid)
 {
-	HASH_SEQ_STATUS seq;
-	UsageEntry *entry;
 	UsageKey   *keys;
 	Datum	   *ids;
 	Datum	   *whens;
 	bool	   *done;
-	int			n = 0;
-	int			capacity;
+	int			n = copy_last_uses(dbid, &keys, &ids, &whens);
 	volatile uint64 updated = 0;
-
-	/* copy this database's entries */
-	LWLockAcquire(usage->lock, LW_SHARED);
-	capacity = hash_get_num_entries(usage_hash) + 1;
-	keys = palloc(sizeof(UsageKey) * capacity);
-	ids = palloc(sizeof(Datum) * capacity);
-	whens = palloc(sizeof(Datum) * capacity);
-	hash_seq_init(&seq, usage_hash);
-	while ((entry = hash_seq_search(&seq)) != NULL)
-	{
-		if (entry->key.dbid != dbid)
-			continue;
-		keys[n] = entry->key;
-		ids[n] = UUIDPGetDatum(&keys[n].key_id);
-		SpinLockAcquire(&entry->mutex);
-		whens[n] = TimestampTzGetDatum(entry->last_used);
-		SpinLockRelease(&entry->mutex);
-		n++;
-	}
-	LWLockRelease(usage->lock);
 
 	if (n == 0)
 		return;
@@ -1675,15 +1888,55 @@ flush_last_uses(Oid dbid)
 	PG_END_TRY();
 
 	pg_atomic_fetch_add_u64(&usage->flushed, updated);
+	settle_last_uses(n, keys, whens, done);
+}
 
-	/*
-	 * Forget what was written, unless a newer use arrived meanwhile; keep a
-	 * locked row's use for the next round, up to USAGE_MAX_RETRIES rounds.
-	 */
+/*
+ * Copy dbid's last uses (keys, and as datums for a query ids and whens,
+ * palloc'd); returns how many.
+ */
+static int
+copy_last_uses(Oid dbid, UsageKey **keys, Datum **ids, Datum **whens)
+{
+	HASH_SEQ_STATUS seq;
+	UsageEntry *entry;
+	int			capacity;
+	int			n = 0;
+
+	LWLockAcquire(usage->lock, LW_SHARED);
+	capacity = hash_get_num_entries(usage_hash) + 1;
+	*keys = palloc(sizeof(UsageKey) * capacity);
+	*ids = palloc(sizeof(Datum) * capacity);
+	*whens = palloc(sizeof(Datum) * capacity);
+	hash_seq_init(&seq, usage_hash);
+	while ((entry = hash_seq_search(&seq)) != NULL)
+	{
+		if (entry->key.dbid != dbid)
+			continue;
+		(*keys)[n] = entry->key;
+		(*ids)[n] = UUIDPGetDatum(&(*keys)[n].key_id);
+		SpinLockAcquire(&entry->mutex);
+		(*whens)[n] = TimestampTzGetDatum(entry->last_used);
+		SpinLockRelease(&entry->mutex);
+		n++;
+	}
+	LWLockRelease(usage->lock);
+	return n;
+}
+
+/*
+ * After a write of the n last uses keys/whens: forget those done, unless a
+ * newer use arrived meanwhile; count a failed round against the others (a
+ * locked row's use is kept for the next round, up to USAGE_MAX_RETRIES).
+ */
+static void
+settle_last_uses(int n, UsageKey *keys, Datum *whens, const bool *done)
+{
 	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < n; i++)
 	{
-		entry = hash_search(usage_hash, &keys[i], HASH_FIND, NULL);
+		UsageEntry *entry = hash_search(usage_hash, &keys[i], HASH_FIND, NULL);
+
 		if (entry == NULL || entry->last_used > DatumGetTimestampTz(whens[i]))
 			continue;
 		if (done[i])
@@ -1761,6 +2014,444 @@ prune_usage(void)
 	}
 }
 
+/*---- Hot standbys: counts for the primary ----*/
+
+/*
+ * The forwarding slot of dbid, made if create (NULL when every slot is
+ * taken).  Caller holds the lock exclusively.
+ */
+static ForwardState *
+forward_slot_locked(Oid dbid, bool create)
+{
+	ForwardState *free_slot = NULL;
+
+	for (int i = 0; i < USAGE_FORWARD_SLOTS; i++)
+	{
+		if (usage->forward[i].dbid == dbid)
+			return &usage->forward[i];
+		if (free_slot == NULL && usage->forward[i].dbid == InvalidOid)
+			free_slot = &usage->forward[i];
+	}
+	if (!create || free_slot == NULL)
+		return NULL;
+	memset(free_slot, 0, sizeof(*free_slot));
+	free_slot->dbid = dbid;
+	return free_slot;
+}
+
+/* Free dbid's slot (nothing in flight, no back-off). */
+static void
+forward_release_locked(Oid dbid)
+{
+	ForwardState *slot = forward_slot_locked(dbid, false);
+
+	if (slot != NULL)
+		memset(slot, 0, sizeof(*slot));
+}
+
+/*
+ * Whether the launcher may start a round for dbid now: not while a standby
+ * backs off after failed rounds.
+ */
+static bool
+forward_due(Oid dbid, TimestampTz now)
+{
+	ForwardState *slot;
+	bool		due;
+
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	slot = forward_slot_locked(dbid, false);
+	due = (slot == NULL || slot->next_try <= now);
+	LWLockRelease(usage->lock);
+	return due;
+}
+
+/*
+ * A standby's round for dbid ended: ok, or failed (the link broke, the
+ * primary refused): then the next waits one interval more each time, up to
+ * USAGE_BACKOFF_MAX_MS.  The slot is freed once nothing is in flight.
+ */
+static void
+forward_round_done(Oid dbid, bool ok)
+{
+	ForwardState *slot;
+
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	slot = forward_slot_locked(dbid, !ok);
+	if (slot != NULL)
+	{
+		if (ok)
+		{
+			slot->failures = 0;
+			slot->next_try = 0;
+		}
+		else
+		{
+			int64		wait_ms = (int64) usage_flush_interval * 1000;
+
+			for (int i = 1; i < slot->failures && wait_ms < USAGE_BACKOFF_MAX_MS; i++)
+				wait_ms *= 2;
+			slot->failures++;
+			slot->next_try = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														 Min(wait_ms, USAGE_BACKOFF_MAX_MS));
+		}
+		if (!slot->in_flight && slot->failures == 0)
+			memset(slot, 0, sizeof(*slot));
+	}
+	LWLockRelease(usage->lock);
+}
+
+/* What flwl_usage_batch_next took, for flwl_usage_batch_done. */
+typedef struct BatchTaken
+{
+	int			nbuckets;
+	FlushBucket **buckets;		/* amounts in flight */
+	int			nuses;
+	UsageKey   *use_keys;
+	Datum	   *use_whens;
+} BatchTaken;
+
+/*
+ * The next batch of dbid's counts for the primary, into *batch; false when
+ * there is nothing to send.  The batch in flight (sent, its answer lost)
+ * comes first, as it was; else up to USAGE_FLUSH_BATCH pending buckets are
+ * moved into flight under a new number.  With with_uses, the database's
+ * last uses ride along (resending those is harmless: the primary keeps the
+ * newest).  The arrays are usage_submit's, in CurrentMemoryContext.
+ * Called by the one flush worker running, on a standby.
+ */
+bool
+flwl_usage_batch_next(Oid dbid, bool with_uses, FlwlUsageBatch *batch)
+{
+	BatchTaken *taken = palloc0(sizeof(BatchTaken));
+	ForwardState *slot;
+	bool		in_flight;
+	Datum	   *ids;
+	Datum	   *minutes;
+	Datum	   *use_ids = NULL;
+
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	slot = forward_slot_locked(dbid, false);
+	in_flight = (slot != NULL && slot->in_flight);
+	LWLockRelease(usage->lock);
+
+	taken->nbuckets = copy_buckets(dbid, in_flight, in_flight ? 0 : USAGE_FLUSH_BATCH,
+								   &taken->buckets);
+	if (with_uses)
+		taken->nuses = copy_last_uses(dbid, &taken->use_keys, &use_ids,
+									  &taken->use_whens);
+	if (!in_flight && taken->nbuckets == 0 && taken->nuses == 0)
+		return false;
+
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	slot = forward_slot_locked(dbid, true);
+	if (slot == NULL)
+	{
+		LWLockRelease(usage->lock);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("flowella usage: more than %d databases have counts in flight to the primary",
+						USAGE_FORWARD_SLOTS),
+				 errdetail("The counts of this database stay pending until a slot is free.")));
+	}
+	if (!in_flight)
+	{
+		/* move the amounts read into flight: verify adds only to requests */
+		for (int i = 0; i < taken->nbuckets; i++)
+		{
+			BucketEntry *bucket = hash_search(bucket_hash, &taken->buckets[i]->key,
+											  HASH_FIND, NULL);
+
+			if (bucket == NULL)
+				elog(PANIC, "flowella usage bucket vanished while forwarding");
+			pg_atomic_sub_fetch_u64(&bucket->requests, taken->buckets[i]->requests);
+			bucket->inflight += taken->buckets[i]->requests;
+		}
+		slot->in_flight = true;
+		slot->source = usage->source;
+		slot->number = ++usage->last_batch;
+	}
+	batch->source = slot->source;
+	batch->number = slot->number;
+	LWLockRelease(usage->lock);
+
+	/* usage_submit's arrays */
+	ids = palloc(sizeof(Datum) * (taken->nbuckets + 1));
+	minutes = palloc(sizeof(Datum) * (taken->nbuckets + 1));
+	for (int i = 0; i < taken->nbuckets; i++)
+	{
+		ids[i] = UUIDPGetDatum(&taken->buckets[i]->key.key_id);
+		minutes[i] = TimestampTzGetDatum(taken->buckets[i]->key.minute);
+	}
+	batch->arrays[0] = PointerGetDatum(construct_array(ids, taken->nbuckets, UUIDOID,
+													   UUID_LEN, false, TYPALIGN_CHAR));
+	batch->arrays[1] = PointerGetDatum(construct_array(minutes, taken->nbuckets,
+													   TIMESTAMPTZOID, sizeof(TimestampTz),
+													   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	bucket_detail_arrays(taken->nbuckets, taken->buckets, &batch->arrays[2]);
+	batch->arrays[6] = PointerGetDatum(construct_array(use_ids, taken->nuses,
+													   UUIDOID, UUID_LEN, false,
+													   TYPALIGN_CHAR));
+	batch->arrays[7] = PointerGetDatum(construct_array(taken->use_whens, taken->nuses,
+													   TIMESTAMPTZOID, sizeof(TimestampTz),
+													   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	batch->taken = taken;
+	return true;
+}
+
+/*
+ * The primary has the batch (it applied it now or before): its buckets
+ * leave flight and count as written, the slot is free for the next batch,
+ * and its last uses are done with.
+ */
+void
+flwl_usage_batch_done(FlwlUsageBatch *batch)
+{
+	BatchTaken *taken = batch->taken;
+	ForwardState *slot;
+	uint64		total;
+	bool	   *done = palloc(sizeof(bool) * (taken->nuses + 1));
+
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	total = take_away_locked(taken->nbuckets, taken->buckets, true);
+	slot = forward_slot_locked(MyDatabaseId, false);
+	if (slot != NULL)
+		slot->in_flight = false;
+	LWLockRelease(usage->lock);
+	pg_atomic_fetch_add_u64(&usage->written, total);
+
+	memset(done, true, sizeof(bool) * (taken->nuses + 1));
+	settle_last_uses(taken->nuses, taken->use_keys, taken->use_whens, done);
+}
+
+/*
+ * On a server promoted with a batch of dbid still in flight (its standby
+ * life sent it; the answer never came): this database's copy of
+ * usage_submissions, replayed up to the promotion, says whether the old
+ * primary applied it.  If it did, its buckets count as written; if not,
+ * they are pending again and this server writes them itself.
+ */
+static void
+settle_after_promotion(Oid dbid)
+{
+	ForwardState *slot;
+	Datum		args[2];
+	volatile bool applied = false;
+	FlushBucket **b;
+	int			n;
+	uint64		total;
+
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	slot = forward_slot_locked(dbid, false);
+	if (slot == NULL || !slot->in_flight)
+	{
+		forward_release_locked(dbid);
+		LWLockRelease(usage->lock);
+		return;
+	}
+	args[0] = UUIDPGetDatum(palloc(sizeof(pg_uuid_t)));
+	memcpy(DatumGetPointer(args[0]), &slot->source, sizeof(pg_uuid_t));
+	args[1] = Int64GetDatum(slot->number);
+	LWLockRelease(usage->lock);
+
+	PG_TRY();
+	{
+		int			pinned = start_flush_transaction("flowella: settling API key usage in flight");
+
+		if (usage_schema() == USAGE_SCHEMA_PACKED &&
+			SPI_execute_with_args("SELECT 1 FROM flowella.usage_submissions s"
+								  " WHERE s.source OPERATOR(pg_catalog.=) $1"
+								  "   AND s.last_batch OPERATOR(pg_catalog.>=) $2",
+								  2, (Oid[]) {UUIDOID, INT8OID}, args, NULL, true, 1)
+			== SPI_OK_SELECT)
+			applied = (SPI_processed == 1);
+		finish_flush_transaction(pinned);
+	}
+	PG_CATCH();
+	{
+		/* unknown: keep it in flight, the next round asks again */
+		flush_error();
+		return;
+	}
+	PG_END_TRY();
+
+	n = copy_buckets(dbid, true, 0, &b);
+	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	total = take_away_locked(n, b, true);
+	if (!applied)
+	{
+		for (int i = 0; i < n; i++)
+		{
+			bool		folded;
+
+			(void) bucket_add_locked(&b[i]->key, b[i]->requests, &folded);
+		}
+	}
+	forward_release_locked(dbid);
+	LWLockRelease(usage->lock);
+	if (applied)
+		pg_atomic_fetch_add_u64(&usage->written, total);
+}
+
+/*---- Primary side: usage_submit's checks and writes ----*/
+
+/* A standby's batch as usage_submit checked it. */
+typedef struct Submission
+{
+	int			nbuckets;
+	FlushBucket **buckets;
+	int			nuses;
+	Datum	   *use_ids;
+	Datum	   *use_whens;
+} Submission;
+
+static void
+submission_error(const char *what, int index)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("invalid usage submission"),
+			 errdetail("Element %d of %s is not valid.", index + 1, what)));
+}
+
+/* The elements of a one-dimensional (or empty) array argument. */
+static int
+submission_elements(Datum array, Oid elemtype, const char *what,
+					Datum **elems, bool **nulls)
+{
+	ArrayType  *arr = DatumGetArrayTypeP(array);
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			n;
+
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid usage submission"),
+				 errdetail("The array %s must be one-dimensional.", what)));
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	deconstruct_array(arr, elemtype, typlen, typbyval, typalign, elems, nulls, &n);
+	return n;
+}
+
+/*
+ * Check a standby's batch (usage_submit's arrays after source and number)
+ * whole, raising 22023 for the first fault, and return it ready to write.
+ * Buckets: key, minute (on a minute), client IP or NULL, scope (a scope
+ * name) or NULL, a counted code, requests > 0, at most USAGE_SUBMIT_MAX;
+ * last uses: key and time, none NULL.
+ */
+void *
+flwl_usage_read_submission(Datum *arrays)
+{
+	static const char *const names[FLWL_BATCH_ARRAYS] = {
+		"key_ids", "minutes", "client_ips", "scopes", "codes", "requests",
+		"used_keys", "used_at"
+	};
+	static const Oid types[FLWL_BATCH_ARRAYS] = {
+		UUIDOID, TIMESTAMPTZOID, INETOID, TEXTOID, TEXTOID, INT8OID,
+		UUIDOID, TIMESTAMPTZOID
+	};
+	Datum	   *e[FLWL_BATCH_ARRAYS];
+	bool	   *nulls[FLWL_BATCH_ARRAYS];
+	int			len[FLWL_BATCH_ARRAYS];
+	Submission *sub = palloc0(sizeof(Submission));
+	FlushBucket *copy;
+
+	for (int a = 0; a < FLWL_BATCH_ARRAYS; a++)
+		len[a] = submission_elements(arrays[a], types[a], names[a], &e[a], &nulls[a]);
+	for (int a = 1; a < FLWL_BATCH_ARRAYS; a++)
+		if (len[a] != len[a < 6 ? 0 : 6])
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid usage submission"),
+					 errdetail("The arrays %s and %s differ in length (%d and %d).",
+							   names[a < 6 ? 0 : 6], names[a], len[a < 6 ? 0 : 6], len[a])));
+	if (len[0] > USAGE_SUBMIT_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid usage submission"),
+				 errdetail("A batch holds at most %d buckets.", USAGE_SUBMIT_MAX)));
+
+	sub->nbuckets = len[0];
+	copy = palloc0(sizeof(FlushBucket) * (sub->nbuckets + 1));
+	sub->buckets = palloc(sizeof(FlushBucket *) * (sub->nbuckets + 1));
+	for (int i = 0; i < sub->nbuckets; i++)
+	{
+		BucketKey  *key = &copy[i].key;
+		int			code;
+
+		if (nulls[0][i])
+			submission_error(names[0], i);
+		memcpy(&key->key_id, DatumGetUUIDP(e[0][i]), sizeof(pg_uuid_t));
+		key->dbid = MyDatabaseId;
+
+		if (nulls[1][i] || DatumGetTimestampTz(e[1][i]) % USECS_PER_MINUTE != 0)
+			submission_error(names[1], i);
+		key->minute = DatumGetTimestampTz(e[1][i]);
+
+		if (!nulls[2][i])
+		{
+			inet	   *ip = DatumGetInetPP(e[2][i]);
+
+			key->ip_family = ip_family(ip);
+			key->ip_bits = ip_bits(ip);
+			memcpy(key->ip, ip_addr(ip), Min(ip_addrsize(ip), sizeof(key->ip)));
+		}
+
+		if (!nulls[3][i])
+		{
+			text	   *scope = DatumGetTextPP(e[3][i]);
+			const char *str = VARDATA_ANY(scope);
+			size_t		slen = VARSIZE_ANY_EXHDR(scope);
+
+			if (!usage_scope_ok(str, slen))
+				submission_error(names[3], i);
+			key->scope_len = (uint8) slen;
+			memcpy(key->scope, str, slen);
+		}
+
+		code = nulls[4][i] ? -1 : usage_code_of(TextDatumGetCString(e[4][i]));
+		if (code < 0)
+			submission_error(names[4], i);
+		key->code = (uint8) code;
+
+		if (nulls[5][i] || DatumGetInt64(e[5][i]) <= 0)
+			submission_error(names[5], i);
+		copy[i].requests = (uint64) DatumGetInt64(e[5][i]);
+		sub->buckets[i] = &copy[i];
+	}
+	qsort(sub->buckets, sub->nbuckets, sizeof(FlushBucket *), flush_bucket_cmp);
+
+	sub->nuses = len[6];
+	for (int i = 0; i < sub->nuses; i++)
+		if (nulls[6][i] || nulls[7][i])
+			submission_error(nulls[6][i] ? names[6] : names[7], i);
+	sub->use_ids = e[6];
+	sub->use_whens = e[7];
+	return sub;
+}
+
+/*
+ * Write a checked batch in the current transaction (SPI connected): its
+ * buckets to the usage table, its last uses to api_keys, waiting for rows
+ * others hold locked (in key order, so two standbys cannot deadlock).
+ */
+void
+flwl_usage_write_submission(void *submission)
+{
+	Submission *sub = submission;
+	bool	   *done = palloc(sizeof(bool) * (sub->nuses + 1));
+
+	if (usage_schema() != USAGE_SCHEMA_PACKED)
+		elog(ERROR, "flowella usage table of 1.4 is missing");
+	if (sub->nbuckets > 0)
+		write_buckets_packed(sub->nbuckets, sub->buckets);
+	if (sub->nuses > 0)
+		(void) write_uses(sub->nuses, sub->use_ids, sub->use_whens, done, true);
+}
+
 /*
  * A flush worker: write one database's pending buckets; in a regular round
  * (bgw_extra "r") also its last uses, then prune old buckets.
@@ -1775,11 +2466,25 @@ flowella_usage_flush_main(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dbid, InvalidOid, 0);
 
-	flush_buckets(dbid);
-	if (regular)
+	if (RecoveryInProgress())
 	{
-		flush_last_uses(dbid);
-		prune_usage();
+		/* a standby: the primary writes them */
+		if (flwl_usage_primary_conninfo[0] == '\0')
+			forget_database(dbid);
+		else
+			forward_round_done(dbid,
+							   flwl_forward_round(dbid, regular,
+												  flwl_usage_primary_conninfo));
+	}
+	else
+	{
+		settle_after_promotion(dbid);
+		flush_buckets(dbid);
+		if (regular)
+		{
+			flush_last_uses(dbid);
+			prune_usage();
+		}
 	}
 
 	pg_atomic_fetch_add_u64(&usage->flushes, 1);

@@ -95,7 +95,7 @@ is($node->safe_psql('restored', 'SELECT max(event_id) FROM flowella.audit_record
 is($node->safe_psql('restored', q{
 	SELECT string_agg(relname || ':' || relrowsecurity || relforcerowsecurity, ' ' ORDER BY relname)
 	  FROM pg_class WHERE relnamespace = 'flowella'::regnamespace AND relkind = 'r'}),
-	'api_key_usage_log:truetrue api_keys:truetrue audit_records:truetrue members:truetrue orgs:truetrue plans:truetrue',
+	'api_key_usage_log:truetrue api_keys:truetrue audit_records:truetrue members:truetrue orgs:truetrue plans:truetrue usage_submissions:truetrue',
 	'row-level security enabled and forced on every table');
 is($node->safe_psql('restored', q{
 	SELECT count(*) FROM pg_trigger

@@ -12,10 +12,15 @@
 #   key stays VALID on "sync" and on the primary until it is applied;
 # - each server has its own rate-limit bucket (SPEC §11);
 # - with the primary stopped both standbys keep answering;
-# - a standby records no usage (forwarding to the primary is not built:
-#   flowella.usage_primary_conninfo does not exist yet), and once promoted
-#   it records usage like a primary: its launcher starts and the requests
-#   reach its own api_key_usage.
+# - a standby records no usage while flowella.usage_primary_conninfo is
+#   empty; set, each standby hands its counts and last uses to the primary
+#   (logging in as a role granted flowella_apikey_replica) and they arrive
+#   exactly: also when the answer to a batch is lost (the primary applied
+#   it, the standby sends it again: counted once), and when the primary was
+#   stopped meanwhile (kept, then sent once it is back);
+# - once promoted, a standby records usage like a primary: its own
+#   requests reach its own api_key_usage, beside those it forwarded before,
+#   which it replayed.
 #
 # No step sleeps: everything that takes time is polled for.
 use strict;
@@ -79,7 +84,7 @@ $primary->safe_psql('postgres', qq{
 	INSERT INTO tokens
 	SELECT n.name, k.token, k.key_id
 	  FROM unnest(ARRAY['live', 'revoked', 'held', 'narrow', 'allowlist', 'limited',
-						'promo'])
+						'promo', 'fwd', 'lost', 'down'])
 			AS n(name),
 		   flowella.orgs o,
 		   LATERAL flowella.apikey_create(o.org_id, 'key ' || n.name,
@@ -137,7 +142,7 @@ sub burst_on
 # no poll), and on "async" once replayed.
 is(code_on($sync, 'live'), 'VALID', 'sync: a key made on the primary is VALID at once');
 ok($async->poll_query_until('postgres',
-		q{SELECT count(*) = 9 FROM tokens}),
+		q{SELECT count(*) = 12 FROM tokens}),
 	'async: the keys are replayed');
 $primary->wait_for_catchup($async);
 is(code_on($async, 'live'), 'VALID', 'async: the key is VALID once replayed');
@@ -241,19 +246,113 @@ is(burst_on($async, 'limited', 4), 'VALID VALID VALID RATE_LIMITED',
 like(verify_on($primary, 'limited'), qr/^t\|VALID\|t\|.*\|2\|$/,
 	'primary: its own full bucket (VALID, 2 left)');
 
-# 4. A standby records no usage: nothing is counted and no launcher runs
-# there (the launcher starts once recovery is over).
+# 4. A standby records no usage while flowella.usage_primary_conninfo is
+# empty: nothing is counted (its launcher runs, with nothing to do).
 for my $node (@standbys)
 {
 	is($node->safe_psql('postgres', q{
 		SELECT requests_counted, recorded, pending, buckets FROM flowella.usage_stats()}),
 		'0|0|0|0', $node->name . ': no request counted, no use noted');
-	is($node->safe_psql('postgres', q{
-		SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'flowella usage launcher'}),
-		'0', $node->name . ': no usage launcher');
 }
 cmp_ok($primary->safe_psql('postgres', 'SELECT requests_counted FROM flowella.usage_stats()'),
 	'>', 0, 'primary: its own verifies are counted');
+
+# Forwarding: both standbys log in to the primary as "forwarder", granted
+# flowella_apikey_replica only.
+$primary->safe_psql('postgres',
+	'CREATE ROLE forwarder LOGIN IN ROLE flowella_apikey_replica');
+my $conninfo = 'host=' . $primary->host . ' port=' . $primary->port . ' user=forwarder';
+for my $node (@standbys)
+{
+	$node->append_conf('postgresql.conf', "flowella.usage_primary_conninfo = '$conninfo'");
+	$node->reload;
+	ok($node->poll_query_until('postgres',
+			q{SELECT current_setting('flowella.usage_primary_conninfo') <> ''}),
+		$node->name . ': forwarding set');
+}
+
+# The requests of "fwd" on the primary, by client address and code.
+my $fwd_rows = q{
+	SELECT string_agg(host(u.client_ip) || ' ' || u.code || ' ' || u.requests, ', '
+					  ORDER BY u.client_ip, u.code)
+	  FROM flowella.api_key_usage u JOIN tokens t USING (key_id) WHERE t.name = '%s'};
+my $sum_of = q{
+	SELECT coalesce(sum(u.requests), 0) FROM flowella.api_key_usage u
+	  JOIN tokens t USING (key_id) WHERE t.name = '%s'};
+
+# 40 verifies of "fwd" on "sync" from two addresses, 25 on "async", one of
+# them refused for its scope.
+sub verify_many
+{
+	my ($node, $name, $n, $ip, $scope) = @_;
+	$scope //= 'messages:send';
+	return $node->safe_psql('postgres', qq{
+		SELECT count(*) FROM generate_series(1, $n) i, tokens t,
+			 LATERAL flowella.apikey_verify(CASE WHEN i > 0 THEN t.token END,
+											'$scope', '$ip') v
+		 WHERE t.name = '$name'});
+}
+verify_many($sync, 'fwd', 30, '198.51.100.1');
+verify_many($sync, 'fwd', 10, '198.51.100.2');
+verify_many($async, 'fwd', 24, '198.51.100.2');
+verify_many($async, 'fwd', 1, '198.51.100.2', 'admin:all');
+ok($primary->poll_query_until('postgres', sprintf($sum_of, 'fwd'), '65'),
+	'primary: the 65 requests of both standbys arrive');
+is($primary->safe_psql('postgres', sprintf($fwd_rows, 'fwd')),
+	'198.51.100.1 VALID 30, 198.51.100.2 INSUFFICIENT_SCOPE 1, 198.51.100.2 VALID 34',
+	'primary: by client address and code, exactly');
+ok($primary->poll_query_until('postgres', q{
+	SELECT k.last_used_at IS NOT NULL FROM flowella.api_keys k
+	  JOIN tokens t USING (key_id) WHERE t.name = 'fwd'}),
+	'primary: the standbys\' last use is written');
+for my $node (@standbys)
+{
+	ok($node->poll_query_until('postgres', q{
+		SELECT requests_pending = 0 AND requests_written = requests_counted
+		   AND pending = 0
+		  FROM flowella.usage_stats()}),
+		$node->name . ': everything it counted is handed over');
+}
+is($primary->safe_psql('postgres', q{SELECT count(*) FROM flowella.usage_submissions}),
+	'2', 'primary: one source per standby');
+
+# The replica role may submit counts, nothing else.
+my ($rc, $out, $err) = $primary->psql('postgres',
+	'SELECT count(*) FROM flowella.api_keys', extra_params => [ '-U', 'forwarder' ]);
+like($err, qr/permission denied/, 'forwarder: cannot read the keys');
+($rc, $out, $err) = $primary->psql('postgres',
+	q{SELECT flowella.usage_submit(gen_random_uuid(), 1, ARRAY[gen_random_uuid()],
+		ARRAY[date_trunc('minute', now())], ARRAY[NULL::inet], ARRAY[NULL::text],
+		ARRAY['VALID'], ARRAY[0::bigint], '{}', '{}')},
+	extra_params => [ '-U', 'forwarder' ]);
+like($err, qr/invalid usage submission/, 'forwarder: a count of 0 is refused');
+
+# A batch whose answer is lost: the primary's COMMIT of it waits for a
+# synchronous standby that never comes, and the forwarder's session is
+# ended there.  The batch has committed on the primary; "async" does not
+# know it and sends it again, which the primary recognises: counted once.
+$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'nobody'");
+$primary->reload;
+verify_many($async, 'lost', 9, '192.0.2.9');
+ok($primary->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pg_stat_activity
+	 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
+	'primary: a batch from async waits for a synchronous standby');
+is($primary->safe_psql('postgres', q{
+	SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+	 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
+	't', 'primary: its session ended before the answer went back');
+is($primary->safe_psql('postgres', sprintf($sum_of, 'lost')), '9',
+	'primary: the batch had committed (9 requests)');
+$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'sync'");
+$primary->reload;
+ok($async->poll_query_until('postgres', q{
+	SELECT requests_pending = 0 FROM flowella.usage_stats()}),
+	'async: the batch is settled once sent again');
+is($primary->safe_psql('postgres', sprintf($sum_of, 'lost')), '9',
+	'primary: sent twice, counted once');
+ok($async->log_contains('flowella usage: lost the connection to the primary|terminating connection'),
+	'async: the lost answer is logged');
 
 # 5. The primary stopped: both standbys keep answering, from what they
 # replayed.
@@ -268,14 +367,37 @@ for my $node (@standbys)
 	is(code_on($node, 'live', 'messages:send', '198.51.100.7'), 'VALID',
 		$node->name . ': and with a scope and a client address');
 }
+# What they count meanwhile stays pending, and reaches the primary once
+# it is back: once.
+verify_many($sync, 'down', 6, '198.51.100.6');
+verify_many($async, 'down', 5, '198.51.100.5');
+for my $node (@standbys)
+{
+	ok($node->poll_query_until('postgres', q{
+		SELECT requests_pending > 0 AND requests_written < requests_counted
+		  FROM flowella.usage_stats()}),
+		$node->name . ': its counts stay pending with the primary stopped');
+}
 $primary->start;
 $primary->wait_for_catchup($sync);
 $primary->wait_for_catchup($async);
 is(code_on($primary, 'live'), 'VALID', 'primary: back, VALID');
+ok($primary->poll_query_until('postgres', sprintf($sum_of, 'down'), '11'),
+	'primary back: the 11 requests counted while it was stopped arrive');
+for my $node (@standbys)
+{
+	ok($node->poll_query_until('postgres', q{
+		SELECT requests_pending = 0 AND requests_written = requests_counted
+		  FROM flowella.usage_stats()}),
+		$node->name . ': nothing left pending');
+}
+is($primary->safe_psql('postgres', sprintf($sum_of, 'down')), '11',
+	'primary: each of them once');
 
 # 6. "async" promoted: it verifies like a primary and records usage itself,
 # also in a session opened before the promotion (a pooled connection).  The
-# verifies before the promotion are not counted.
+# verifies before the promotion went to the primary, and came back to
+# "async" by replay.
 my $pooled = $async->background_psql('postgres');
 my $promo_verify = q{
 	SELECT string_agg(v.code, ' ' ORDER BY i)
@@ -285,8 +407,14 @@ my $promo_verify = q{
 	 WHERE t.name = 'promo'};
 is($pooled->query_safe(sprintf($promo_verify, 5)), join(' ', ('VALID') x 5),
 	'async: 5 verifies before promotion');
-is($async->safe_psql('postgres', 'SELECT requests_counted FROM flowella.usage_stats()'),
-	'0', 'async: not counted');
+ok($primary->poll_query_until('postgres', sprintf($sum_of, 'promo'), '5'),
+	'primary: has the 5 from async');
+ok($async->poll_query_until('postgres', q{
+	SELECT requests_pending = 0 FROM flowella.usage_stats()}),
+	'async: handed over');
+$primary->wait_for_catchup($async);
+my $counted_before = $async->safe_psql('postgres',
+	'SELECT requests_counted FROM flowella.usage_stats()');
 $async->promote;
 ok($async->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()'),
 	'async: promoted');
@@ -297,14 +425,12 @@ is(code_on($async, 'revoked'), 'REVOKED', 'promoted: REVOKED');
 is($pooled->query_safe(sprintf($promo_verify, 7)), join(' ', ('VALID') x 7),
 	'promoted: 7 verifies of one key, in the session opened before');
 $pooled->quit;
-ok($async->poll_query_until('postgres', q{
-	SELECT coalesce(sum(u.requests), 0) = 7 FROM flowella.api_key_usage u
-	  JOIN tokens t USING (key_id) WHERE t.name = 'promo'}),
-	'promoted: its api_key_usage has the 7 requests');
+ok($async->poll_query_until('postgres', sprintf($sum_of, 'promo'), '12'),
+	'promoted: its api_key_usage has the 5 it forwarded and its own 7');
 is($async->safe_psql('postgres', q{
 	SELECT u.client_ip, u.scope, u.code, u.requests FROM flowella.api_key_usage u
 	  JOIN tokens t USING (key_id) WHERE t.name = 'promo'}),
-	'192.0.2.14|messages:send|VALID|7',
+	'192.0.2.14|messages:send|VALID|12',
 	'promoted: one bucket with the client address, scope and code');
 ok($async->poll_query_until('postgres', q{
 	SELECT k.last_used_at IS NOT NULL FROM flowella.api_keys k
@@ -315,11 +441,9 @@ ok($async->poll_query_until('postgres', q{
 	  FROM flowella.usage_stats()}),
 	'promoted: everything counted is written');
 is($async->safe_psql('postgres', 'SELECT requests_counted FROM flowella.usage_stats()'),
-	'8', 'promoted: counted exactly its own 8 requests (1 REVOKED, 7 VALID)');
-is($primary->safe_psql('postgres', q{
-	SELECT count(*) FROM flowella.api_key_usage u JOIN tokens t USING (key_id)
-	 WHERE t.name = 'promo'}),
-	'0', 'the old primary has no usage of that key');
+	$counted_before + 8, 'promoted: counted exactly its own 8 requests since (1 REVOKED, 7 VALID)');
+is($primary->safe_psql('postgres', sprintf($sum_of, 'promo')),
+	'5', 'the old primary has only what async forwarded before its promotion');
 
 $async->stop;
 $sync->stop;
