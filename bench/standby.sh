@@ -13,9 +13,11 @@
 # alternates from round to round), first (v) apikey_verify(token, scope,
 # client_ip), then (b) the bare key lookup by prefix; the figure is the
 # median over the rounds of each round's standby/primary TPS ratio.  Only
-# one server is loaded at a time.  The primary counts every request in its
-# usage table (flushed every 60 s); the standby records no usage, so its
-# verify does that much less.
+# one server is loaded at a time.  Both count every request: the primary
+# into its usage table (flushed every 60 s), the standby in its shared
+# memory, from where its usage worker hands the counts to the primary
+# (flowella.usage_primary_conninfo, as a role granted
+# flowella_apikey_replica), so verify does the same work on both.
 #
 # PG_CONFIG names a PostgreSQL where flowella_apikey is already installed
 # (e.g. a private copy, as scripts/valgrind.sh makes); without it,
@@ -112,6 +114,7 @@ SELECT count(flowella.apikey_set_policy(k.key_id,
                                         ARRAY['10.0.0.0/8', '2001:db8::/32']::cidr[], 1000000))
   FROM flowella.api_keys k;
 COMMIT;
+CREATE ROLE forwarder LOGIN IN ROLE flowella_apikey_replica;
 VACUUM ANALYZE;
 CHECKPOINT;
 SQL
@@ -121,6 +124,7 @@ pg_basebackup -h "$work" -p "$p_port" -D "$standby" -X stream -c fast -R
 cat >> "$standby/postgresql.conf" <<CONF
 port = $s_port
 hot_standby = on
+flowella.usage_primary_conninfo = 'host=$work port=$p_port user=forwarder'
 CONF
 pg_ctl -D "$standby" -l "$work/standby.log" -w start >/dev/null
 lsn=$(psql_p -At -d postgres -c 'SELECT pg_current_wal_lsn()')
@@ -162,4 +166,4 @@ for r in $(seq 1 "$rounds"); do
 done
 echo "(v) verify on the standby / on the primary = $(ratio_median vs vp)"
 echo "(b) bare lookup on the standby / on the primary = $(ratio_median bs bp)"
-echo "usage counted: primary $(psql_p -At -d bench -c 'SELECT requests_counted FROM flowella.usage_stats()'), standby $(psql_s -At -d bench -c 'SELECT requests_counted FROM flowella.usage_stats()') (a standby records no usage)"
+echo "usage counted: primary $(psql_p -At -d bench -c 'SELECT requests_counted FROM flowella.usage_stats()'), standby $(psql_s -At -d bench -c 'SELECT requests_counted FROM flowella.usage_stats()') (handed to the primary: $(psql_s -At -d bench -c 'SELECT requests_written FROM flowella.usage_stats()'))"
