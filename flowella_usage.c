@@ -925,6 +925,7 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 	BucketEntry *bucket;
 	UsageEntry *entry = NULL;
 	bool		valid;
+	bool		use_settled = false;
 	bool		folded = false;
 	bool		overflowed = false;
 
@@ -980,15 +981,26 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 				entry->last_used = when;
 			SpinLockRelease(&entry->mutex);
 		}
+		else if (hash_get_num_entries(usage_hash) >= usage_max_keys)
+		{
+			/*
+			 * Full: the use is dropped (and counted) here, as
+			 * lastuse_put_locked would, without queueing for the exclusive
+			 * lock: with more keys in use than the table holds, that would
+			 * be most verifies.
+			 */
+			pg_atomic_fetch_add_u64(&usage->dropped, 1);
+			use_settled = true;
+		}
 	}
 	LWLockRelease(usage->lock);
 
-	if (bucket == NULL || (valid && entry == NULL))
+	if (bucket == NULL || (valid && entry == NULL && !use_settled))
 	{
 		LWLockAcquire(usage->lock, LW_EXCLUSIVE);
 		if (bucket == NULL)
 			overflowed = (bucket_add_locked(&key, 1, &folded) == NULL);
-		if (valid && entry == NULL)
+		if (valid && entry == NULL && !use_settled)
 			(void) lastuse_put_locked(&ukey, when);
 		LWLockRelease(usage->lock);
 		if (folded || overflowed)
