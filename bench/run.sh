@@ -68,16 +68,7 @@ tps() {   # db script
         sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
 
-ratio() { echo "scale=2; $1 / $2" | bc -l; }
-median() { printf "%s\n" "$@" | sort -g | awk '{ v[NR] = $1 }
-    END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-# median over the rounds of the per-round ratio of two arrays of TPS
-ratio_median() {   # name-of-array-a name-of-array-b
-    local -n xa=$1 xb=$2
-    local rs=() i
-    for i in "${!xa[@]}"; do rs+=("$(ratio "${xa[$i]}" "${xb[$i]}")"); done
-    echo "$(median "${rs[@]}")   (rounds: ${rs[*]})"
-}
+source "$here/bench/ratios.sh"
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r); PostgreSQL $(psql -XAtc 'show server_version')"
 echo "pgbench -M prepared -c 4 -j 2 -T $secs; $rounds rounds of A B C D"

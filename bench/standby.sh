@@ -62,15 +62,7 @@ p_port=$port
 s_port=$((port + 1))
 psql_p() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$p_port" "$@"; }
 psql_s() { psql -X -q -v ON_ERROR_STOP=1 -h "$work" -p "$s_port" "$@"; }
-ratio() { echo "scale=2; $1 / $2" | bc -l; }
-median() { printf "%s\n" "$@" | sort -g | awk '{ v[NR] = $1 }
-    END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio_median() {   # name-of-array-a name-of-array-b
-    local -n xa=$1 xb=$2
-    local rs=() i
-    for i in "${!xa[@]}"; do rs+=("$(ratio "${xa[$i]}" "${xb[$i]}")"); done
-    echo "$(median "${rs[@]}")   (rounds: ${rs[*]})"
-}
+source "$here/bench/ratios.sh"
 run() {   # port script [seconds] -> TPS
     pgbench -n -M prepared -c 4 -j 2 -T "${3:-$secs}" -h "$work" -p "$1" -f "$work/$2.sql" bench \
         2>/dev/null | sed -n 's/^tps = \([0-9.]*\) .*/\1/p'

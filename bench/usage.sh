@@ -36,15 +36,7 @@ rounds=${BENCH_ROUNDS:-5}
 owner=11111111-1111-4111-8111-111111111111
 work=$(mktemp -d)
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
-ratio() { echo "scale=2; $1 / $2" | bc -l; }
-median() { printf "%s\n" "$@" | sort -g | awk '{ v[NR] = $1 }
-    END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ratio_median() {   # name-of-array-a name-of-array-b
-    local -n xa=$1 xb=$2
-    local rs=() i
-    for i in "${!xa[@]}"; do rs+=("$(ratio "${xa[$i]}" "${xb[$i]}")"); done
-    echo "$(median "${rs[@]}")   (rounds: ${rs[*]})"
-}
+source "$here/bench/ratios.sh"
 calls=0
 run() {   # script -> prints TPS, adds the transactions to calls when asked
     local out tps n
