@@ -198,6 +198,7 @@ typedef struct FlwlUsageBatch
 	pg_uuid_t	source;
 	int64		number;
 	Datum		arrays[FLWL_BATCH_ARRAYS];
+	bool		more;			/* what was pending may not all be in it */
 	void	   *taken;			/* flowella_usage.c's record of what it sent */
 } FlwlUsageBatch;
 

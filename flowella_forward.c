@@ -314,7 +314,8 @@ flwl_forward_round(Oid dbid, bool regular, const char *conninfo)
 		bool		with_uses = regular;
 
 		conn = flwl_link_open(conninfo, dbname);
-		while (flwl_usage_batch_next(dbid, with_uses, &batch))
+		batch.more = true;
+		while (batch.more && flwl_usage_batch_next(dbid, with_uses, &batch))
 		{
 			const char *values[2 + FLWL_BATCH_ARRAYS];
 

@@ -2187,6 +2187,12 @@ flwl_usage_batch_next(Oid dbid, bool with_uses, FlwlUsageBatch *batch)
 	batch->number = slot->number;
 	LWLockRelease(usage->lock);
 
+	/*
+	 * After a batch sent again, or a full one, there may be more; a round
+	 * stops at the first other, so that one under constant load ends.
+	 */
+	batch->more = in_flight || taken->nbuckets == USAGE_FLUSH_BATCH;
+
 	/* usage_submit's arrays */
 	ids = palloc(sizeof(Datum) * (taken->nbuckets + 1));
 	minutes = palloc(sizeof(Datum) * (taken->nbuckets + 1));
