@@ -158,4 +158,18 @@ for r in $(seq 1 "$rounds"); do
 done
 echo "(v) verify on the standby / on the primary = $(ratio_median vs vp)"
 echo "(b) bare lookup on the standby / on the primary = $(ratio_median bs bp)"
-echo "usage counted: primary $(psql_p -At -d bench -c 'SELECT requests_counted FROM flowella.usage_stats()'), standby $(psql_s -At -d bench -c 'SELECT requests_counted FROM flowella.usage_stats()') (handed to the primary: $(psql_s -At -d bench -c 'SELECT requests_written FROM flowella.usage_stats()'))"
+# Every request counted on either server reaches the primary's usage table:
+# flush both now (interval 1 s) and compare.
+for d in "$primary" "$standby"; do
+    echo "flowella.usage_flush_interval = 1" >> "$d/postgresql.conf"
+    pg_ctl -D "$d" reload >/dev/null
+done
+for _ in $(seq 1 1200); do
+    [ "$(psql_s -At -d bench -c 'SELECT requests_pending = 0 FROM flowella.usage_stats()')" = t ] &&
+        [ "$(psql_p -At -d bench -c 'SELECT requests_pending = 0 FROM flowella.usage_stats()')" = t ] && break
+    sleep 0.1
+done
+counted_p=$(psql_p -At -d bench -c 'SELECT requests_counted FROM flowella.usage_stats()')
+counted_s=$(psql_s -At -d bench -c 'SELECT requests_counted FROM flowella.usage_stats()')
+in_table=$(psql_p -At -d bench -c 'SELECT coalesce(sum(requests), 0) FROM flowella.api_key_usage')
+echo "requests counted: primary $counted_p, standby $counted_s; in the primary's api_key_usage: $in_table   (target: $((counted_p + counted_s)))"
