@@ -2030,7 +2030,7 @@ prune_usage(void)
 
 /*
  * The forwarding slot of dbid, made if create (NULL when every slot is
- * taken).  Caller holds the lock exclusively.
+ * taken).  Caller holds the lock, exclusively to create or change one.
  */
 static ForwardState *
 forward_slot_locked(Oid dbid, bool create)
@@ -2071,7 +2071,7 @@ forward_due(Oid dbid, TimestampTz now)
 	ForwardState *slot;
 	bool		due;
 
-	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	LWLockAcquire(usage->lock, LW_SHARED);
 	slot = forward_slot_locked(dbid, false);
 	due = (slot == NULL || slot->next_try <= now);
 	LWLockRelease(usage->lock);
@@ -2101,9 +2101,9 @@ forward_round_done(Oid dbid, bool ok)
 		{
 			int64		wait_ms = (int64) usage_flush_interval * 1000;
 
+			slot->failures++;
 			for (int i = 1; i < slot->failures && wait_ms < USAGE_BACKOFF_MAX_MS; i++)
 				wait_ms *= 2;
-			slot->failures++;
 			slot->next_try = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 														 Min(wait_ms, USAGE_BACKOFF_MAX_MS));
 		}
@@ -2142,7 +2142,7 @@ flwl_usage_batch_next(Oid dbid, bool with_uses, FlwlUsageBatch *batch)
 	Datum	   *minutes;
 	Datum	   *use_ids = NULL;
 
-	LWLockAcquire(usage->lock, LW_EXCLUSIVE);
+	LWLockAcquire(usage->lock, LW_SHARED);
 	slot = forward_slot_locked(dbid, false);
 	in_flight = (slot != NULL && slot->in_flight);
 	LWLockRelease(usage->lock);
@@ -2168,6 +2168,8 @@ flwl_usage_batch_next(Oid dbid, bool with_uses, FlwlUsageBatch *batch)
 	}
 	if (!in_flight)
 	{
+		int			kept = 0;
+
 		/* move the amounts read into flight: verify adds only to requests */
 		for (int i = 0; i < taken->nbuckets; i++)
 		{
@@ -2175,10 +2177,12 @@ flwl_usage_batch_next(Oid dbid, bool with_uses, FlwlUsageBatch *batch)
 											  HASH_FIND, NULL);
 
 			if (bucket == NULL)
-				elog(PANIC, "flowella usage bucket vanished while forwarding");
+				continue;		/* cannot happen: only this worker removes */
 			pg_atomic_sub_fetch_u64(&bucket->requests, taken->buckets[i]->requests);
 			bucket->inflight += taken->buckets[i]->requests;
+			taken->buckets[kept++] = taken->buckets[i];
 		}
+		taken->nbuckets = kept;
 		slot->in_flight = true;
 		slot->source = usage->source;
 		slot->number = ++usage->last_batch;
