@@ -342,7 +342,8 @@ is($primary->safe_psql('postgres', q{
 	SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 	 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
 	't', 'primary: its session ended before the answer went back');
-is($primary->safe_psql('postgres', sprintf($sum_of, 'lost')), '9',
+# the ended session's commit becomes visible once its backend has exited
+ok($primary->poll_query_until('postgres', sprintf($sum_of, 'lost'), '9'),
 	'primary: the batch had committed (9 requests)');
 $primary->append_conf('postgresql.conf', "synchronous_standby_names = 'sync'");
 $primary->reload;
