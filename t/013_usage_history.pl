@@ -128,39 +128,49 @@ cmp_ok($node->safe_psql('postgres', 'SELECT rows_pruned FROM flowella.usage_stat
 
 # 4. The same bucket flushed in two rounds: two rows of the table, one row
 # of apikey_usage and of the view, its requests summed.  Both verifies must
-# fall in one minute: start early in a minute (each round takes about 1 s).
+# fall in one minute: start early in a minute (each round takes about 1 s),
+# and on a machine so slow that the pair crossed a minute's end anyway, try
+# again with the next client address (a bucket of its own).
 # One request of the bucket, and the flush round that writes it (the
 # number of rounds is read before the request, so that a round that has
 # already written it counts).
 sub request_and_round
 {
+	my ($ip) = @_;
 	my $flushes = $node->safe_psql('postgres', 'SELECT flushes FROM flowella.usage_stats()');
-	my $at = $node->safe_psql('postgres', q{
+	my $at = $node->safe_psql('postgres', qq{
 		SELECT date_trunc('minute', now()) FROM tokens t,
-			   LATERAL verify_from(t.token, 'messages:send', '198.51.100.7') v
+			   LATERAL verify_from(t.token, 'messages:send', '$ip') v
 		 WHERE t.n = 2});
 	$node->poll_query_until('postgres', qq{
 		SELECT flushes > $flushes AND requests_pending = 0 FROM flowella.usage_stats()})
 	  or die 'no flush round';
 	return $at;
 }
-$node->poll_query_until('postgres', q{SELECT extract(second FROM now()) < 30})
-  or die 'the clock does not move';
-my $minute = request_and_round();
-is(request_and_round(), $minute, 'a second request of the bucket in the same minute');
+my ($minute, $second, $ip);
+for my $attempt (7 .. 16)
+{
+	$ip = "198.51.100.$attempt";
+	$node->poll_query_until('postgres', q{SELECT extract(second FROM now()) < 30})
+	  or die 'the clock does not move';
+	$minute = request_and_round($ip);
+	$second = request_and_round($ip);
+	last if $second eq $minute;
+}
+is($second, $minute, 'a second request of the bucket in the same minute');
 is($node->safe_psql('postgres', qq{
 	SELECT count(*) FROM flowella.api_key_usage_log l JOIN tokens t USING (key_id)
-	 WHERE t.n = 2 AND l.minute = '$minute' AND '198.51.100.7' = ANY (l.client_ips)}),
+	 WHERE t.n = 2 AND l.minute = '$minute' AND '$ip' = ANY (l.client_ips)}),
 	'2', 'the two rounds wrote two rows');
 is($node->safe_psql('postgres', qq{
 	SELECT string_agg(u.minute || ' ' || u.scope || ' ' || u.code || ' ' || u.requests, ', ')
 	  FROM tokens t, LATERAL flowella.apikey_usage(t.key_id) u
-	 WHERE t.n = 2 AND u.client_ip = '198.51.100.7'}),
+	 WHERE t.n = 2 AND u.client_ip = '$ip'}),
 	"$minute messages:send VALID 2", 'apikey_usage shows the bucket once, summed');
 is($node->safe_psql('postgres', qq{
 	SELECT count(*) || ' ' || sum(u.requests)
 	  FROM flowella.api_key_usage u JOIN tokens t USING (key_id)
-	 WHERE t.n = 2 AND u.client_ip = '198.51.100.7'}),
+	 WHERE t.n = 2 AND u.client_ip = '$ip'}),
 	'1 2', 'and so does the view');
 
 # 5. A crash (immediate stop) skips the dump: what was pending may be lost
