@@ -261,15 +261,23 @@ cmp_ok($primary->safe_psql('postgres', 'SELECT requests_counted FROM flowella.us
 # flowella_apikey_replica only.
 $primary->safe_psql('postgres',
 	'CREATE ROLE forwarder LOGIN IN ROLE flowella_apikey_replica');
+# "sync" is told in its postgresql.conf; "async" only through the
+# database's own setting, made on the primary and replayed (the setting is
+# per database).
 my $conninfo = 'host=' . $primary->host . ' port=' . $primary->port . ' user=forwarder';
+$sync->append_conf('postgresql.conf', "flowella.usage_primary_conninfo = '$conninfo'");
+$sync->reload;
+$primary->safe_psql('postgres',
+	"ALTER DATABASE postgres SET flowella.usage_primary_conninfo = '$conninfo'");
 for my $node (@standbys)
 {
-	$node->append_conf('postgresql.conf', "flowella.usage_primary_conninfo = '$conninfo'");
-	$node->reload;
 	ok($node->poll_query_until('postgres',
 			q{SELECT current_setting('flowella.usage_primary_conninfo') <> ''}),
 		$node->name . ': forwarding set');
 }
+is($async->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_file_settings WHERE name = 'flowella.usage_primary_conninfo'}),
+	'0', 'async: not from its configuration files');
 
 # The requests of a key on the primary, by client address and code (summed
 # over the minutes: a run may cross a minute's end).
