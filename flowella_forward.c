@@ -341,6 +341,9 @@ flwl_forward_round(Oid dbid, bool regular, const char *conninfo)
 		MemoryContextSwitchTo(cxt);
 		EmitErrorReport();
 		FlushErrorState();
+		/* an error while converting a batch leaves its transaction open */
+		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(cxt);
 	}
 	PG_END_TRY();
 
