@@ -1510,6 +1510,36 @@ bucket_detail_arrays(int n, FlushBucket **b, Datum *cols)
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
+/* Keys and times (datums) as a uuid[] and a timestamptz[], into cols[0..1]. */
+static void
+key_time_arrays(int n, Datum *ids, Datum *times, Datum *cols)
+{
+	cols[0] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
+											  false, TYPALIGN_CHAR));
+	cols[1] = PointerGetDatum(construct_array(times, n, TIMESTAMPTZOID,
+											  sizeof(TimestampTz), FLOAT8PASSBYVAL,
+											  TYPALIGN_DOUBLE));
+}
+
+/*
+ * All six columns of buckets b[0..n-1] as arrays into cols[0..5]: keys,
+ * minutes, then the detail arrays (the 1.3 upsert's and usage_submit's).
+ */
+static void
+bucket_arrays(int n, FlushBucket **b, Datum *cols)
+{
+	Datum	   *ids = palloc(sizeof(Datum) * (n + 1));
+	Datum	   *minutes = palloc(sizeof(Datum) * (n + 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = UUIDPGetDatum(&b[i]->key.key_id);
+		minutes[i] = TimestampTzGetDatum(b[i]->key.minute);
+	}
+	key_time_arrays(n, ids, minutes, cols);
+	bucket_detail_arrays(n, b, &cols[2]);
+}
+
 /*
  * 1.3: add the counts to one row per bucket.  The arbiter is the table's
  * unique index, whose expressions tell a missing IP or scope apart from any
@@ -1533,21 +1563,9 @@ bucket_detail_arrays(int n, FlushBucket **b, Datum *cols)
 static void
 write_buckets_1_3(int n, FlushBucket **b)
 {
-	Datum	   *ids = palloc(sizeof(Datum) * n);
-	Datum	   *minutes = palloc(sizeof(Datum) * n);
 	Datum		args[6];
 
-	for (int i = 0; i < n; i++)
-	{
-		ids[i] = UUIDPGetDatum(&b[i]->key.key_id);
-		minutes[i] = TimestampTzGetDatum(b[i]->key.minute);
-	}
-	args[0] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN,
-											  false, TYPALIGN_CHAR));
-	args[1] = PointerGetDatum(construct_array(minutes, n, TIMESTAMPTZOID,
-											  sizeof(TimestampTz), FLOAT8PASSBYVAL,
-											  TYPALIGN_DOUBLE));
-	bucket_detail_arrays(n, b, &args[2]);
+	bucket_arrays(n, b, args);
 	if (SPI_execute_with_args(BUCKET_UPSERT_SQL_1_3, 6,
 							  (Oid[]) {UUIDARRAYOID, TIMESTAMPTZARRAYOID,
 									   INETARRAYOID, TEXTARRAYOID,
@@ -1816,9 +1834,7 @@ write_uses(int n, Datum *ids, Datum *whens, bool *done, bool wait)
 	Datum		args[2];
 	uint64		updated;
 
-	args[0] = PointerGetDatum(construct_array(ids, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
-	args[1] = PointerGetDatum(construct_array(whens, n, TIMESTAMPTZOID, sizeof(TimestampTz),
-											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	key_time_arrays(n, ids, whens, args);
 	flush_query(wait ? USES_UPDATE_SQL("ORDER BY k.key_id FOR UPDATE OF k") :
 				USES_UPDATE_SQL("FOR UPDATE OF k SKIP LOCKED"),
 				args, SPI_OK_UPDATE_RETURNING);
@@ -2138,8 +2154,6 @@ flwl_usage_batch_next(Oid dbid, bool with_uses, FlwlUsageBatch *batch)
 	BatchTaken *taken = palloc0(sizeof(BatchTaken));
 	ForwardState *slot;
 	bool		in_flight;
-	Datum	   *ids;
-	Datum	   *minutes;
 	Datum	   *use_ids = NULL;
 
 	LWLockAcquire(usage->lock, LW_SHARED);
@@ -2198,25 +2212,8 @@ flwl_usage_batch_next(Oid dbid, bool with_uses, FlwlUsageBatch *batch)
 	batch->more = in_flight || taken->nbuckets == USAGE_FLUSH_BATCH;
 
 	/* usage_submit's arrays */
-	ids = palloc(sizeof(Datum) * (taken->nbuckets + 1));
-	minutes = palloc(sizeof(Datum) * (taken->nbuckets + 1));
-	for (int i = 0; i < taken->nbuckets; i++)
-	{
-		ids[i] = UUIDPGetDatum(&taken->buckets[i]->key.key_id);
-		minutes[i] = TimestampTzGetDatum(taken->buckets[i]->key.minute);
-	}
-	batch->arrays[0] = PointerGetDatum(construct_array(ids, taken->nbuckets, UUIDOID,
-													   UUID_LEN, false, TYPALIGN_CHAR));
-	batch->arrays[1] = PointerGetDatum(construct_array(minutes, taken->nbuckets,
-													   TIMESTAMPTZOID, sizeof(TimestampTz),
-													   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	bucket_detail_arrays(taken->nbuckets, taken->buckets, &batch->arrays[2]);
-	batch->arrays[6] = PointerGetDatum(construct_array(use_ids, taken->nuses,
-													   UUIDOID, UUID_LEN, false,
-													   TYPALIGN_CHAR));
-	batch->arrays[7] = PointerGetDatum(construct_array(taken->use_whens, taken->nuses,
-													   TIMESTAMPTZOID, sizeof(TimestampTz),
-													   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	bucket_arrays(taken->nbuckets, taken->buckets, batch->arrays);
+	key_time_arrays(taken->nuses, use_ids, taken->use_whens, &batch->arrays[6]);
 	batch->taken = taken;
 	return true;
 }
