@@ -27,27 +27,13 @@ fi
 
 secs=${BENCH_SECONDS:-4}
 rounds=${BENCH_ROUNDS:-5}
-owner=11111111-1111-4111-8111-111111111111
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 source "$here/bench/ratios.sh"
 
 createdb lat
 psql -X -q -v ON_ERROR_STOP=1 -d lat >/dev/null <<SQL
-SET client_min_messages = warning;
-CREATE EXTENSION flowella_apikey;
-SELECT flowella.plan_set('pro', ARRAY['messages:send','messages:read'], true);
-CREATE TABLE orgs AS
-  SELECT i, flowella.org_create('org ' || i, 'pro', '$owner') AS org_id
-    FROM generate_series(0, 99) i;
-CREATE TABLE t (i int PRIMARY KEY, token text NOT NULL);
-BEGIN;
-SELECT flowella.set_actor('$owner') \gset
-INSERT INTO t
-  SELECT g.i, k.token
-    FROM generate_series(1, 10000) g(i)
-    JOIN orgs o ON o.i = g.i % 100,
-         LATERAL flowella.apikey_create(o.org_id, 'key ' || g.i, ARRAY['messages:send']) k;
+$(keys_sql)
 SELECT count(flowella.apikey_set_policy(k.key_id,
                                         ARRAY['10.0.0.0/8', '2001:db8::/32']::cidr[], 1000000))
   FROM flowella.api_keys k JOIN t ON k.prefix = left(t.token, 18) WHERE t.i % 2 = 0;

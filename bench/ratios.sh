@@ -1,7 +1,7 @@
-# Sourced by the benchmark scripts: the ratios they report.  A figure is
-# the median over the rounds of each round's ratio (two runs measured in
-# the same round share the machine's state), printed with every round's
-# value: this machine is noisy.
+# Sourced by the benchmark scripts: the ratios they report and the keys
+# they verify.  A figure is the median over the rounds of each round's
+# ratio (two runs measured in the same round share the machine's state),
+# printed with every round's value: this machine is noisy.
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 median() { printf "%s\n" "$@" | sort -g | awk '{ v[NR] = $1 }
     END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -10,4 +10,27 @@ ratio_median() {   # name-of-array-a name-of-array-b
     local rs=() i
     for i in "${!xa[@]}"; do rs+=("$(ratio "${xa[$i]}" "${xb[$i]}")"); done
     echo "$(median "${rs[@]}")   (rounds: ${rs[*]})"
+}
+
+# The SQL that makes the extension, plan "pro", 100 orgs and 10 000 keys
+# (scope messages:send), their tokens in table t (i 1 .. 10 000), and leaves
+# the transaction open for the caller's policies and COMMIT.
+keys_sql() {
+    local owner=11111111-1111-4111-8111-111111111111
+    cat <<SQL
+SET client_min_messages = warning;
+CREATE EXTENSION flowella_apikey;
+SELECT flowella.plan_set('pro', ARRAY['messages:send','messages:read'], true);
+CREATE TABLE orgs AS
+  SELECT i, flowella.org_create('org ' || i, 'pro', '$owner') AS org_id
+    FROM generate_series(0, 99) i;
+CREATE TABLE t (i int PRIMARY KEY, token text NOT NULL);
+BEGIN;
+SELECT flowella.set_actor('$owner') \gset
+INSERT INTO t
+  SELECT g.i, k.token
+    FROM generate_series(1, 10000) g(i)
+    JOIN orgs o ON o.i = g.i % 100,
+         LATERAL flowella.apikey_create(o.org_id, 'key ' || g.i, ARRAY['messages:send']) k;
+SQL
 }

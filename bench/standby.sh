@@ -44,7 +44,6 @@ rounds=${BENCH_ROUNDS:-5}
 port=${BENCH_PORT:-5441}
 bin=$("$PG_CONFIG" --bindir)
 export PATH="$bin:$PATH"
-owner=11111111-1111-4111-8111-111111111111
 
 work=$(mktemp -d /tmp/flowella_bench_standby.XXXXXX)
 primary="$work/primary"
@@ -88,20 +87,7 @@ echo "pgbench -n -M prepared -c 4 -j 2 -T $secs; $rounds rounds; primary and str
 
 createdb -h "$work" -p "$p_port" bench
 psql_p -d bench >/dev/null <<SQL
-SET client_min_messages = warning;
-CREATE EXTENSION flowella_apikey;
-SELECT flowella.plan_set('pro', ARRAY['messages:send','messages:read'], true);
-CREATE TABLE orgs AS
-  SELECT i, flowella.org_create('org ' || i, 'pro', '$owner') AS org_id
-    FROM generate_series(0, 99) i;
-CREATE TABLE t (i int PRIMARY KEY, token text NOT NULL);
-BEGIN;
-SELECT flowella.set_actor('$owner') \gset
-INSERT INTO t
-  SELECT g.i, k.token
-    FROM generate_series(1, 10000) g(i)
-    JOIN orgs o ON o.i = g.i % 100,
-         LATERAL flowella.apikey_create(o.org_id, 'key ' || g.i, ARRAY['messages:send']) k;
+$(keys_sql)
 SELECT count(flowella.apikey_set_policy(k.key_id,
                                         ARRAY['10.0.0.0/8', '2001:db8::/32']::cidr[], 1000000))
   FROM flowella.api_keys k;
