@@ -23,12 +23,14 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inet.h"
 #include "utils/memutils.h"
+#include "utils/tuplestore.h"
 
 #include "flowella_apikey.h"
 #include "flowella_token.h"
@@ -361,6 +363,36 @@ flwl_run_api(FunctionCallInfo fcinfo, PGFunction body)
 	PG_END_TRY();
 	return result;
 }
+
+/*---- Set-returning functions ----*/
+
+#if PG_VERSION_NUM < 150000
+/*
+ * InitMaterializedSRF(fcinfo, 0) of PostgreSQL 15 for 13 and 14: a
+ * materialized result set in per-query memory (flowella_manage.c, flowella_audit.c; not tested here).
+ */
+void
+InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MemoryContext oldcxt;
+	TupleDesc	tupdesc;
+
+	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
+		!(rsinfo->allowedModes & SFRM_Materialize))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("set-valued function called in context that cannot accept a set")));
+
+	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	rsinfo->returnMode = SFRM_Materialize;
+	rsinfo->setResult = tuplestore_begin_heap(false, false, work_mem);
+	rsinfo->setDesc = CreateTupleDescCopy(tupdesc);
+	MemoryContextSwitchTo(oldcxt);
+}
+#endif
 
 /*---- Pinned search_path ----*/
 

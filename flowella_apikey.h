@@ -63,7 +63,9 @@ extern void flwl_unpin_search_path(int nestlevel);
  * A query prepared on first use and kept for the life of the backend; the
  * plan cache re-plans it by itself if the tables change under it.  Every
  * name in sql is schema-qualified.  flwl_query_exec runs it inside an SPI
- * connection and returns the SPI result code (errors are raised).
+ * connection and returns the SPI result code (errors are raised);
+ * flwl_query_plan gives the saved plan, for callers that run it otherwise
+ * (a cursor, another snapshot) with search_path pinned themselves.
  */
 typedef struct FlwlQuery
 {
@@ -75,6 +77,12 @@ typedef struct FlwlQuery
 
 extern int	flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls,
 							bool read_only, long count);
+extern SPIPlanPtr flwl_query_plan(FlwlQuery *q);
+
+#if PG_VERSION_NUM < 150000
+/* PostgreSQL 15's, for 13 and 14 (flowella_apikey.c) */
+extern void InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags);
+#endif
 
 /* Scope sets and names in messages (flowella_scopes.c) */
 

@@ -338,17 +338,12 @@ PG_FUNCTION_INFO_V1(flowella_plan_set);
 /*---- SPI helpers ----*/
 
 /*
- * Run a saved query; returns the SPI result code, >= 0.  It is prepared and
- * run with search_path pinned (see flwl_pin_search_path): the audit triggers
- * run it for any role, in any search_path.
+ * The saved plan of q, prepared on first use.  Caller is connected to SPI,
+ * with search_path pinned (flwl_pin_search_path).
  */
-int
-flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls, bool read_only,
-				long count)
+SPIPlanPtr
+flwl_query_plan(FlwlQuery *q)
 {
-	int			rc;
-	int			pinned = flwl_pin_search_path();
-
 	if (q->plan == NULL)
 	{
 		SPIPlanPtr	plan = SPI_prepare(q->sql, q->nargs, q->argtypes);
@@ -360,8 +355,22 @@ flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls, bool read_only,
 			elog(ERROR, "SPI_keepplan failed");
 		q->plan = plan;
 	}
+	return q->plan;
+}
 
-	rc = SPI_execute_plan(q->plan, values, nulls, read_only, count);
+/*
+ * Run a saved query; returns the SPI result code, >= 0.  It is prepared and
+ * run with search_path pinned (see flwl_pin_search_path): the audit triggers
+ * run it for any role, in any search_path.
+ */
+int
+flwl_query_exec(FlwlQuery *q, Datum *values, const char *nulls, bool read_only,
+				long count)
+{
+	int			rc;
+	int			pinned = flwl_pin_search_path();
+
+	rc = SPI_execute_plan(flwl_query_plan(q), values, nulls, read_only, count);
 	if (rc < 0)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(rc));
 	flwl_unpin_search_path(pinned);
@@ -375,33 +384,6 @@ result_value(int n, bool *isnull)
 	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, n, isnull);
 }
 
-#if PG_VERSION_NUM < 150000
-/*
- * InitMaterializedSRF(fcinfo, 0) of PostgreSQL 15 for 13 and 14: a
- * materialized result set in per-query memory (not tested here).
- */
-static void
-InitMaterializedSRF(FunctionCallInfo fcinfo, bits32 flags)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	MemoryContext oldcxt;
-	TupleDesc	tupdesc;
-
-	if (rsinfo == NULL || !IsA(rsinfo, ReturnSetInfo) ||
-		!(rsinfo->allowedModes & SFRM_Materialize))
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("set-valued function called in context that cannot accept a set")));
-
-	oldcxt = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "return type must be a row type");
-	rsinfo->returnMode = SFRM_Materialize;
-	rsinfo->setResult = tuplestore_begin_heap(false, false, work_mem);
-	rsinfo->setDesc = CreateTupleDescCopy(tupdesc);
-	MemoryContextSwitchTo(oldcxt);
-}
-#endif
 
 /*---- Validation ----*/
 
