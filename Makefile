@@ -21,7 +21,7 @@ EXTENSION = flowella_apikey
 # runs 1.0 and the updates up to the version asked for (see the README).
 DATA = flowella_apikey--1.0.sql flowella_apikey--1.0--1.1.sql \
 	flowella_apikey--1.1--1.2.sql flowella_apikey--1.2--1.3.sql \
-	flowella_apikey--1.3--1.4.sql
+	flowella_apikey--1.3--1.4.sql flowella_apikey--1.4--1.5.sql
 PGFILEDESC = "flowella_apikey - API keys for Flowella organisations"
 
 SHLIB_LINK += -lsodium
@@ -35,8 +35,8 @@ SHLIB_LINK_INTERNAL += $(libpq)
 # README: scripts/test.sh wraps it in pg_virtualenv).  setup runs first and
 # creates the extension, test roles and plans the other files use.
 REGRESS = setup tokens create verify hostile actor provisioning revoke scopes replace list \
-	security immutability audit usage usage_history usage_submit policy rotation
-ISOLATION = revoke_verify concurrent_create last_owner
+	security immutability audit audit_chain usage usage_history usage_submit policy rotation
+ISOLATION = revoke_verify concurrent_create last_owner chain_concurrency
 
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 

@@ -3,7 +3,7 @@
 # of an install of that version).
 # Until it is updated, a database on an old version works with the current
 # library as it did (old result shapes, old signatures).
-# ALTER EXTENSION flowella_apikey UPDATE, from 1.0, 1.1, 1.2 and 1.3,
+# ALTER EXTENSION flowella_apikey UPDATE, from 1.0, 1.1, 1.2, 1.3 and 1.4,
 # gives the same objects as a fresh install of the current version
 # (compared as catalog listings: every member object with its definition,
 # ACL and flags), keeps every key, token, audit record, last use and (from
@@ -28,6 +28,7 @@ isnt($default_version, '1.0', "the current version ($default_version) is not 1.0
 isnt($default_version, '1.1', "the current version ($default_version) is not 1.1");
 isnt($default_version, '1.2', "the current version ($default_version) is not 1.2");
 isnt($default_version, '1.3', "the current version ($default_version) is not 1.3");
+isnt($default_version, '1.4', "the current version ($default_version) is not 1.4");
 
 my $owner = 'e1000000-0000-4000-8000-000000000001';
 my $admin = 'e1000000-0000-4000-8000-000000000002';
@@ -52,7 +53,7 @@ sub extversion
 # listing has no OID, no timestamp and no cluster-specific name.  Never
 # regenerate one from the current scripts: it is the reference they are
 # held to.
-for my $version ('1.1', '1.2', '1.3', '1.4')
+for my $version ('1.1', '1.2', '1.3', '1.4', '1.5')
 {
 	(my $tag = $version) =~ s/\./_/;
 	my $fixture = slurp_file(dirname(__FILE__) . "/data/catalog-$version.txt");
@@ -74,8 +75,8 @@ for my $version ('1.1', '1.2', '1.3', '1.4')
 }
 
 # The result columns of apikey_list and apikey_verify on each old version.
-my %list_columns = ('1.0' => 12, '1.1' => 12, '1.2' => 12, '1.3' => 14);
-my %verify_columns = ('1.0' => 6, '1.1' => 6, '1.2' => 6, '1.3' => 8);
+my %list_columns = ('1.0' => 12, '1.1' => 12, '1.2' => 12, '1.3' => 14, '1.4' => 14);
+my %verify_columns = ('1.0' => 6, '1.1' => 6, '1.2' => 6, '1.3' => 8, '1.4' => 8);
 
 # Every bucket of the usage history as the superuser reads it: 1.3's table,
 # then 1.4's view of the same name.  And the requests apikey_usage shows.
@@ -89,7 +90,7 @@ my $usage_sum_sql = q{SELECT count(*) || ' ' || sum(u.requests)
 # audit records and last uses (and on 1.3, usage history); its data is
 # snapshot before the update.
 my %old;
-for my $from ('1.0', '1.1', '1.2', '1.3')
+for my $from ('1.0', '1.1', '1.2', '1.3', '1.4')
 {
 	(my $db = "old_$from") =~ s/\./_/;
 	$node->safe_psql('postgres', "CREATE DATABASE $db");
@@ -224,6 +225,13 @@ for my $from (sort keys %old)
 		is($node->safe_psql($db, $snap->{$what}), $before->{$what},
 			"updated from $from: $what unchanged by the update");
 	}
+
+	# 1.5: the update chained the existing audit records (t/015 checks
+	# it in detail, with several organisations).
+	is($node->safe_psql($db, q{
+			SELECT v.ok || ' ' || (v.checked = (SELECT count(*) FROM flowella.audit_records))
+			  FROM flowella.orgs o, flowella.audit_verify(o.org_id) v}),
+		'true true', "updated from $from: every existing audit record is chained and verifies");
 
 	# The API on the updated database: create, revoke and change scopes
 	# write their audit records, numbered after the old ones, attributed as
