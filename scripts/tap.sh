@@ -12,6 +12,8 @@ bindir=$("$pg_config" --bindir)
 pgxs=$(dirname "$(dirname "$("$pg_config" --pgxs)")")
 work=$(mktemp -d /tmp/flowella_tap.XXXXXX)
 cp -r "$here/t" "$work/"
+# t/015 runs the SQL the README prints
+cp "$here/README.md" "$work/"
 run=()
 if [ "$(id -u)" -eq 0 ]; then
     chown -R postgres: "$work"
