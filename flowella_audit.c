@@ -47,7 +47,8 @@
  *	   it, always after every row lock of the change (they fire AFTER
  *	   ROW), and the record insert that follows waits on nothing;
  *	2. it then reads the org's last record with the latest snapshot (a
- *	   REPEATABLE READ snapshot could predate the holder it waited for);
+ *	   REPEATABLE READ snapshot could predate the holder it waited for),
+ *	   straight from the index on (org_id, event_id);
  *	3. it then draws event_id (nextval inside the INSERT), so that an
  *	   org's event_ids rise in the order its records commit: an id drawn
  *	   before the lock could be lower than that of a record committed
@@ -70,11 +71,17 @@
 
 #include <sodium.h>
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/nbtree.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation_d.h"
 #include "catalog/pg_type_d.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -86,6 +93,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/tuplestore.h"
@@ -202,13 +210,6 @@ static AuditQuery q_member_role_changed = AUDIT_QUERY("member.role_changed",
 	"'user_id', $6, 'old_role', $7, 'new_role', $8", 3, "9",
 	UUIDOID, TEXTOID, TEXTOID);
 
-/* $1 org: its last record, read with the latest snapshot */
-static FlwlQuery q_chain_head = {
-	"SELECT a.event_id, a.record_hash FROM flowella.audit_records a"
-	" WHERE a.org_id OPERATOR(pg_catalog.=) $1"
-	" ORDER BY a.event_id DESC LIMIT 1",
-	1, {UUIDOID}
-};
 
 /* Parameters of one record under construction. */
 typedef struct AuditRecord
@@ -322,17 +323,28 @@ chain_lock(Datum org_id)
 /*
  * Chain the record: under the org's chain lock, add the hash of the org's
  * last record (or 32 zero bytes) as the INSERT's last parameter; returns
- * that record's event_id, 0 for none.  Caller is connected to SPI as the
- * owner of audit_records.
+ * that record's event_id, 0 for none.
+ *
+ * The last record is read straight from the index audit_records_org_idx
+ * (org_id, event_id), backwards, with the latest snapshot after a command
+ * counter increment: it sees every record committed before the lock was
+ * granted and this transaction's own, whatever the isolation level.  (An
+ * SPI query here cost a tenth of a create.)
  */
 static int64
-record_chain(AuditRecord *rec)
+record_chain(AuditRecord *rec, Oid audit_relid)
 {
 	static bytea *zero_hash = NULL;
 	Datum		org_id = rec->values[0];
-	int			pinned;
-	int			rc;
 	int64		prev_id = 0;
+	Oid			index_relid;
+	AttrNumber	hash_attnum = get_attnum(audit_relid, "record_hash");
+	Relation	heap;
+	Relation	index;
+	Snapshot	snapshot;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	ScanKeyData key;
 
 	if (zero_hash == NULL)
 	{
@@ -343,24 +355,26 @@ record_chain(AuditRecord *rec)
 
 	chain_lock(org_id);
 
-	/* the latest snapshot, with the records of this transaction */
-	pinned = flwl_pin_search_path();
-	rc = SPI_execute_snapshot(flwl_query_plan(&q_chain_head), &org_id, NULL,
-							  GetLatestSnapshot(), InvalidSnapshot,
-							  false, false, 1);
-	flwl_unpin_search_path(pinned);
-	if (rc != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(rc));
+	index_relid = get_relname_relid("audit_records_org_idx",
+									get_rel_namespace(audit_relid));
+	if (!OidIsValid(index_relid))
+		elog(ERROR, "index \"audit_records_org_idx\" does not exist");
 
-	if (SPI_processed > 0)
+	CommandCounterIncrement();
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	heap = table_open(audit_relid, AccessShareLock);
+	index = index_open(index_relid, AccessShareLock);
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_UUID_EQ, org_id);
+	scan = index_beginscan(heap, index, snapshot, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	slot = table_slot_create(heap, NULL);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
 	{
 		bool		isnull;
 		Datum		hash;
 
-		prev_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 1, &isnull));
-		hash = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
-							 &isnull);
+		prev_id = DatumGetInt64(slot_getattr(slot, 1, &isnull));
+		hash = slot_getattr(slot, hash_attnum, &isnull);
 		if (isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
@@ -371,6 +385,11 @@ record_chain(AuditRecord *rec)
 	}
 	else
 		record_add(rec, PointerGetDatum(zero_hash), false);
+	ExecDropSingleTupleTableSlot(slot);
+	index_endscan(scan);
+	index_close(index, AccessShareLock);
+	table_close(heap, AccessShareLock);
+	UnregisterSnapshot(snapshot);
 	return prev_id;
 }
 
@@ -407,7 +426,7 @@ record_write(AuditQuery *q, AuditRecord *rec, Relation rel)
 
 	if (chained)
 	{
-		int64		prev_id = record_chain(rec);
+		int64		prev_id = record_chain(rec, audit_relid);
 		int64		event_id;
 		bool		isnull;
 
