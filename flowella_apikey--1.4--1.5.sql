@@ -78,18 +78,6 @@ ALTER TABLE flowella.audit_records
 	ADD CONSTRAINT audit_records_record_hash_check
 		CHECK (pg_catalog.octet_length(record_hash) OPERATOR(pg_catalog.=) 32);
 
-/*---- audit_events: the hash last ----*/
-
-ALTER EXTENSION flowella_apikey DROP VIEW flowella.audit_events;
-DROP VIEW flowella.audit_events;
-
-CREATE VIEW flowella.audit_events WITH (security_barrier) AS
-	SELECT a.event_id, a.org_id, a.key_id, a.action, a.actor_user_id,
-		   a.actor_ip, a.trace_context, a.occurred_at, a.details, a.record_hash
-	  FROM flowella.audit_records a
-	 WHERE pg_catalog.pg_has_role('flowella_apikey_auditor', 'USAGE')
-		OR flowella.actor_reads_audit(a.org_id);
-
 /*---- Digest and verification ----*/
 
 /*
@@ -111,6 +99,18 @@ CREATE FUNCTION flowella.audit_verify(org_id uuid, expected_event_id bigint DEFA
 RETURNS TABLE(ok boolean, checked bigint, first_bad_event_id bigint, detail text)
 AS 'MODULE_PATHNAME', 'flowella_audit_verify'
 LANGUAGE C STABLE;
+
+/*---- audit_events: the hash last ----*/
+
+ALTER EXTENSION flowella_apikey DROP VIEW flowella.audit_events;
+DROP VIEW flowella.audit_events;
+
+CREATE VIEW flowella.audit_events WITH (security_barrier) AS
+	SELECT a.event_id, a.org_id, a.key_id, a.action, a.actor_user_id,
+		   a.actor_ip, a.trace_context, a.occurred_at, a.details, a.record_hash
+	  FROM flowella.audit_records a
+	 WHERE pg_catalog.pg_has_role('flowella_apikey_auditor', 'USAGE')
+		OR flowella.actor_reads_audit(a.org_id);
 
 /*---- Grants ----*/
 
