@@ -35,7 +35,7 @@ SHLIB_LINK_INTERNAL += $(libpq)
 # README: scripts/test.sh wraps it in pg_virtualenv).  setup runs first and
 # creates the extension, test roles and plans the other files use.
 REGRESS = setup tokens create verify hostile actor provisioning revoke scopes replace list \
-	security immutability audit audit_chain usage usage_history usage_submit policy rotation
+	security immutability audit audit_chain verify_cache usage usage_history usage_submit policy rotation
 ISOLATION = revoke_verify concurrent_create last_owner chain_concurrency
 
 PG_CFLAGS += -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers

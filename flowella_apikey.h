@@ -136,8 +136,12 @@ extern const char *flwl_label_text_problem(text *t);
 extern const char *flwl_allowed_ips_problem(ArrayType *arr);
 extern const char *flwl_rate_limit_problem(int32 limit);
 
-/* The verify path (flowella_verify.c) */
+/*
+ * The verify path (flowella_verify.c); flwl_verify_key_changed tells every
+ * backend's key cache, at commit, that a key row verify reads has changed.
+ */
 extern void flwl_verify_init(void);
+extern void flwl_verify_key_changed(Relation rel);
 
 /*
  * Outcome codes of apikey_verify (flowella_verify.c), in the order its

@@ -536,6 +536,13 @@ flowella_api_keys_audit(PG_FUNCTION_ARGS)
 				 errmsg("function \"%s\" must be fired for INSERT or UPDATE",
 						"api_keys_audit")));
 
+	/*
+	 * This trigger fires for every change of a column verify reads (its
+	 * WHEN clause), restores and records or not: the verify key caches must
+	 * drop the row.
+	 */
+	flwl_verify_key_changed(rel);
+
 	oldtup = trigdata->tg_trigtuple;
 	newtup = trigdata->tg_newtuple;
 	if (column_is_null(trigdata, oldtup, "revoked_at") &&

@@ -19,9 +19,10 @@
  * when the result has them; a keys table without the policy columns (a
  * schema not yet updated to 1.3) has no policy.
  *
- * The verify path keeps three per-backend caches: the OIDs and column
- * numbers of its relations (vrels), each organisation's plan scopes (the
- * plan cache) and the descriptor of its result row.  Their invalidation
+ * The verify path keeps four per-backend caches: the OIDs and column
+ * numbers of its relations (vrels), each key's row as verify reads it (the
+ * key cache), each organisation's plan scopes (the plan cache) and the
+ * descriptor of its result row.  Their invalidation
  * callback runs inside any call that accepts invalidation messages: locking
  * a relation (table_open, index_open), a catalog lookup that misses the
  * syscache, and detoasting a value, which opens its TOAST table.  Verify
@@ -32,10 +33,20 @@
  *   invalidation is lost.  OIDs from vrels are checked again once their
  *   relations are locked, and verify works on its own copy of them.
  * - Nothing read from a cache is used after such a call unless the cache is
- *   pinned.  Verify pins the plan cache for its whole length: a reset while
- *   pinned only retires the cache's memory, which is freed when the last
- *   pin goes.  The result descriptor is looked up and used with no such
- *   call in between.
+ *   pinned.  Verify pins the key and plan caches for its whole length: a
+ *   reset while pinned only retires the cache's memory, which is freed when
+ *   the last pin goes.  The result descriptor is looked up and used with no
+ *   such call in between.
+ *
+ * The key and plan caches hold rows of tables that change while the
+ * backend runs; they stay right the way the relcache does.  A committed
+ * change sends a relcache invalidation of its table (the triggers below
+ * register it; PostgreSQL sends it at commit, once the change is visible,
+ * before COMMIT returns, to this backend at once, with a prepared
+ * transaction at COMMIT PREPARED, and to hot standbys as the commit is
+ * replayed), and verify accepts invalidations before it reads a cache.  So
+ * a verify that starts after a revoke's COMMIT returned finds no cached
+ * row from before it.
  *
  *-------------------------------------------------------------------------
  */
@@ -109,8 +120,8 @@ static uint64 vrels_generation = 0;	/* bumped when vrels is invalidated */
  * (flowella_plan_cache_invalidate); every backend then drops the whole cache
  * before its next verify, which calls AcceptInvalidationMessages first.
  *
- * A verify pins the cache (plan_cache_pins) while it uses an entry: a reset
- * that arrives meanwhile moves the cache's context under plan_cache_retired
+ * A verify pins the cache (cache_pins) while it uses an entry: a reset
+ * that arrives meanwhile moves the cache's context under caches_retired
  * instead of freeing it, and the last unpin frees what was retired.
  */
 typedef struct PlanCacheEntry
@@ -124,8 +135,51 @@ typedef struct PlanCacheEntry
 static MemoryContext plan_cache_cxt = NULL;
 static HTAB *plan_cache = NULL;
 static uint64 plan_cache_generation = 0;	/* bumped at each reset */
-static int	plan_cache_pins = 0;
-static MemoryContext plan_cache_retired = NULL;
+
+/*
+ * Per-backend cache: a key's prefix -> what verify reads of its row, so that
+ * a verify of a key seen before reads no table at all: no snapshot, no
+ * relation lock, no index probe.  The row's secret hash is kept with it and
+ * compared with the token's in constant time on every call, as the row's
+ * would be; a prefix with no row is never cached (a new key needs no
+ * invalidation).  It holds at most flowella.verify_cache_keys keys and
+ * starts again empty when full.
+ *
+ * It is dropped whole when api_keys is invalidated: the audit trigger that
+ * fires for every change of a column verify reads (revoked_at, scopes,
+ * expires_at, allowed_ips, rate_limit_per_minute; the guard keeps the
+ * others immutable) registers that invalidation (flwl_verify_key_changed).
+ * Both triggers fire for every role and session_replication_role only when
+ * enabled ALWAYS, as from 1.3 on: otherwise (an older schema, or a
+ * superuser who disabled one, which itself invalidates the table) the cache
+ * is not used (key_cache_sound).
+ */
+typedef struct KeyFacts
+{
+	char		prefix[FLWL_PREFIX_LEN];	/* hash key: the token's public part */
+	bool		has_hash;
+	unsigned char secret_hash[FLWL_HASH_LEN];
+	pg_uuid_t	key_id;
+	pg_uuid_t	org_id;
+	bool		revoked;
+	bool		has_expiry;
+	TimestampTz expires_at;
+	bool		scopes_null;
+	Datum		scopes;			/* the key's text[], detoasted */
+	bool		ips_null;		/* also before 1.3 */
+	Datum		allowed_ips;	/* cidr[], detoasted */
+	bool		has_limit;
+	int32		rate_limit;
+} KeyFacts;
+
+static int	verify_cache_keys = 10000;
+static MemoryContext key_cache_cxt = NULL;
+static HTAB *key_cache = NULL;
+static uint64 key_cache_generation = 0;	/* bumped at each reset */
+
+/* Pins on the key and plan caches, and the memory resets retired. */
+static int	cache_pins = 0;
+static MemoryContext caches_retired = NULL;
 
 const char *const flwl_verify_code_names[FLWL_VC_COUNT] = {
 	"VALID", "MALFORMED", "NOT_FOUND", "REVOKED", "EXPIRED", "INSUFFICIENT_SCOPE",
@@ -158,10 +212,10 @@ static uint64 verify_tupdesc_generation = 0;	/* bumped when it is dropped */
 PG_FUNCTION_INFO_V1(flowella_apikey_verify);
 PG_FUNCTION_INFO_V1(flowella_plan_cache_invalidate);
 
-static void plan_cache_xact_callback(XactEvent event, void *arg);
-static void plan_cache_subxact_callback(SubXactEvent event,
-										SubTransactionId mySubid,
-										SubTransactionId parentSubid, void *arg);
+static void caches_xact_callback(XactEvent event, void *arg);
+static void caches_subxact_callback(SubXactEvent event,
+									SubTransactionId mySubid,
+									SubTransactionId parentSubid, void *arg);
 static void vrels_invalidate(Datum arg, Oid relid);
 static void vrels_load(void);
 static VerifyRels vrels_open(bool plan_side, Relation *rels);
@@ -171,9 +225,17 @@ static bool probe_unique(Relation heap, Relation index, RegProcedure eqproc,
 static Datum fetch_column(Relation rel, Relation idx, RegProcedure eqproc,
 						  Oid collation, Datum key, AttrNumber attnum,
 						  Snapshot snapshot);
-static void plan_cache_reset(void);
-static void plan_cache_unpin(void);
-static const FlwlScopeSet *plan_scopes_of_org(Datum org_id, Snapshot snapshot);
+static void cache_reset(MemoryContext *cxt, HTAB **table, uint64 *generation);
+static void *cache_enter(MemoryContext *cxt, HTAB **table, uint64 *generation,
+						 long max, const char *name, Size keysize,
+						 Size entrysize, const void *key);
+static void caches_unpin(void);
+static bool key_cache_sound(Relation keys);
+static KeyFacts *key_facts_of_row(TupleTableSlot *slot, const VerifyRels *r,
+								  const char *prefix);
+static const KeyFacts *key_cache_put(const KeyFacts *facts);
+static const KeyFacts *key_facts(const char *prefix);
+static const FlwlScopeSet *plan_scopes_of_org(Datum org_id);
 static TupleDesc verification_desc(FunctionCallInfo fcinfo);
 static bool client_ip_allowed(Datum allowed_ips, const inet *client);
 static Datum verify_body(FunctionCallInfo fcinfo);
@@ -184,49 +246,97 @@ static Datum verification_result(FunctionCallInfo fcinfo, FlwlVerifyCode code,
 
 
 /*
- * Register the callbacks that keep the verify caches honest: the relcache
- * invalidation of all three, and the release of a failed verify's pin at
- * (sub)transaction abort.  Called once, from _PG_init.
+ * Define the key cache's setting and register the callbacks that keep the
+ * verify caches honest: the relcache invalidation of all four, and the
+ * release of a failed verify's pin at (sub)transaction abort.  Called once,
+ * from _PG_init.
  */
 void
 flwl_verify_init(void)
 {
-	RegisterXactCallback(plan_cache_xact_callback, NULL);
-	RegisterSubXactCallback(plan_cache_subxact_callback, NULL);
+	DefineCustomIntVariable("flowella.verify_cache_keys",
+							"Number of keys whose row each backend keeps for apikey_verify.",
+							"A verify of a cached key reads no table. 0 turns the cache off.",
+							&verify_cache_keys,
+							10000, 0, 10000000,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+	RegisterXactCallback(caches_xact_callback, NULL);
+	RegisterSubXactCallback(caches_subxact_callback, NULL);
 	CacheRegisterRelcacheCallback(vrels_invalidate, (Datum) 0);
 }
 
 /*---- Verify path ----*/
 
 /*
- * Drop every entry of the plan cache.  While a verify holds a pin, the
- * entries it reads must stay where they are: the context is retired, not
- * reset, and the next lookup starts a new one.  Runs inside invalidation
- * callbacks, so it allocates nothing.
+ * Drop every entry of the key or plan cache (its context, table and
+ * generation).  While a verify holds a pin, the entries it reads must stay
+ * where they are: the context is retired, not reset, and the next entry
+ * starts a new one.  Runs inside invalidation callbacks, so it allocates
+ * nothing.
  */
 static void
-plan_cache_reset(void)
+cache_reset(MemoryContext *cxt, HTAB **table, uint64 *generation)
 {
-	plan_cache_generation++;
-	plan_cache = NULL;
-	if (plan_cache_cxt == NULL)
+	(*generation)++;
+	*table = NULL;
+	if (*cxt == NULL)
 		return;
-	if (plan_cache_pins == 0)
-		MemoryContextReset(plan_cache_cxt);
+	if (cache_pins == 0)
+		MemoryContextReset(*cxt);
 	else
 	{
-		MemoryContextSetParent(plan_cache_cxt, plan_cache_retired);
-		plan_cache_cxt = NULL;
+		MemoryContextSetParent(*cxt, caches_retired);
+		*cxt = NULL;
 	}
+}
+
+#define plan_cache_reset() \
+	cache_reset(&plan_cache_cxt, &plan_cache, &plan_cache_generation)
+#define key_cache_reset() \
+	cache_reset(&key_cache_cxt, &key_cache, &key_cache_generation)
+
+/*
+ * The entry for key in the key or plan cache (its context, table and
+ * generation), made if new: the table is made on first use (cache_reset
+ * must not allocate), and emptied first when it holds max entries.
+ */
+static void *
+cache_enter(MemoryContext *cxt, HTAB **table, uint64 *generation, long max,
+			const char *name, Size keysize, Size entrysize, const void *key)
+{
+	if (*table != NULL && hash_get_num_entries(*table) >= max)
+		cache_reset(cxt, table, generation);
+	if (caches_retired == NULL)
+		caches_retired = AllocSetContextCreate(TopMemoryContext,
+											   "flowella retired verify caches",
+											   ALLOCSET_SMALL_SIZES);
+	if (*cxt == NULL)
+	{
+		*cxt = AllocSetContextCreate(TopMemoryContext, "flowella verify cache",
+									 ALLOCSET_DEFAULT_SIZES);
+		MemoryContextSetIdentifier(*cxt, name);
+	}
+	if (*table == NULL)
+	{
+		HASHCTL		info;
+
+		memset(&info, 0, sizeof(info));
+		info.keysize = keysize;
+		info.entrysize = entrysize;
+		info.hcxt = *cxt;
+		*table = hash_create(name, 256, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	return hash_search(*table, key, HASH_ENTER, NULL);
 }
 
 /* Release a pin taken by verify; the last one frees retired caches. */
 static void
-plan_cache_unpin(void)
+caches_unpin(void)
 {
-	Assert(plan_cache_pins > 0);
-	if (--plan_cache_pins == 0 && plan_cache_retired != NULL)
-		MemoryContextReset(plan_cache_retired);
+	Assert(cache_pins > 0);
+	if (--cache_pins == 0 && caches_retired != NULL)
+		MemoryContextReset(caches_retired);
 }
 
 /*
@@ -236,29 +346,29 @@ plan_cache_unpin(void)
  * block around every verify.  Until then resets only retire memory.
  */
 static void
-plan_cache_xact_callback(XactEvent event, void *arg)
+caches_xact_callback(XactEvent event, void *arg)
 {
 	if ((event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT) &&
-		plan_cache_pins > 0)
+		cache_pins > 0)
 	{
-		plan_cache_pins = 1;
-		plan_cache_unpin();
+		cache_pins = 1;
+		caches_unpin();
 	}
 }
 
 static void
-plan_cache_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-							SubTransactionId parentSubid, void *arg)
+caches_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB && plan_cache_pins > 0)
+	if (event == SUBXACT_EVENT_ABORT_SUB && cache_pins > 0)
 	{
-		plan_cache_pins = 1;
-		plan_cache_unpin();
+		cache_pins = 1;
+		caches_unpin();
 	}
 }
 
 /*
- * Relcache invalidation callback of the three verify caches.  Until a cache
+ * Relcache invalidation callback of the four verify caches.  Until a cache
  * is filled, every invalidation counts: the relations it will hold are not
  * known yet, and the lookup in progress may already have read them.
  */
@@ -279,6 +389,8 @@ vrels_invalidate(Datum arg, Oid relid)
 	if (relid == InvalidOid || !vrels.valid ||
 		relid == vrels.orgs || relid == vrels.plans)
 		plan_cache_reset();
+	if (relid == InvalidOid || !vrels.valid || relid == vrels.keys)
+		key_cache_reset();
 	if (!vrels.valid || relid == InvalidOid || relid == vrels.keys ||
 		relid == vrels.keys_prefix_idx || relid == vrels.orgs ||
 		relid == vrels.orgs_pkey || relid == vrels.plans ||
@@ -470,23 +582,24 @@ fetch_column(Relation rel, Relation idx, RegProcedure eqproc, Oid collation,
 
 /*
  * The current scopes of an organisation's plan, as a sorted set, from the
- * cache if there.  The result lives in the cache or in CurrentMemoryContext;
- * the caller must hold a pin on the cache for as long as it uses it.
+ * cache if there, else read with the latest snapshot.  The result lives in
+ * the cache or in CurrentMemoryContext; the caller must hold a pin on the
+ * caches for as long as it uses it.
  */
 static const FlwlScopeSet *
-plan_scopes_of_org(Datum org_id, Snapshot snapshot)
+plan_scopes_of_org(Datum org_id)
 {
 	PlanCacheEntry *entry;
 	uint64		generation = plan_cache_generation;
+	Snapshot	snapshot;
 	VerifyRels	r;
 	Relation	rels[4];
 	Datum		plan,
 				scopes;
-	bool		found;
 	MemoryContext oldcxt;
 	FlwlScopeSet *fresh;
 
-	Assert(plan_cache_pins > 0);
+	Assert(cache_pins > 0);
 	if (plan_cache != NULL)
 	{
 		entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_FIND, NULL);
@@ -494,6 +607,7 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 			return &entry->scopes;
 	}
 
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	r = vrels_open(true, rels);
 	plan = fetch_column(rels[0], rels[1], F_UUID_EQ, InvalidOid,
 						org_id, r.o_plan, snapshot);
@@ -501,6 +615,7 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 						  C_COLLATION_OID, plan, r.p_scopes, snapshot);
 	for (int i = 3; i >= 0; i--)
 		relation_close(rels[i], AccessShareLock);
+	UnregisterSnapshot(snapshot);
 
 	/* an invalidation arrived while reading: do not cache what was read */
 	if (generation != plan_cache_generation)
@@ -510,36 +625,167 @@ plan_scopes_of_org(Datum org_id, Snapshot snapshot)
 		return fresh;
 	}
 
-	if (plan_cache != NULL &&
-		hash_get_num_entries(plan_cache) >= PLAN_CACHE_MAX_ORGS)
-		plan_cache_reset();
-	if (plan_cache_cxt == NULL)
-	{
-		/* made here, as plan_cache_reset must not allocate */
-		if (plan_cache_retired == NULL)
-			plan_cache_retired = AllocSetContextCreate(TopMemoryContext,
-													   "flowella retired plan caches",
-													   ALLOCSET_SMALL_SIZES);
-		plan_cache_cxt = AllocSetContextCreate(TopMemoryContext,
-											   "flowella plan cache",
-											   ALLOCSET_DEFAULT_SIZES);
-	}
-	if (plan_cache == NULL)
-	{
-		HASHCTL		info;
-
-		memset(&info, 0, sizeof(info));
-		info.keysize = sizeof(pg_uuid_t);
-		info.entrysize = sizeof(PlanCacheEntry);
-		info.hcxt = plan_cache_cxt;
-		plan_cache = hash_create("flowella plan cache", 256, &info,
-								 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	}
-	entry = hash_search(plan_cache, DatumGetPointer(org_id), HASH_ENTER, &found);
+	entry = cache_enter(&plan_cache_cxt, &plan_cache, &plan_cache_generation,
+						PLAN_CACHE_MAX_ORGS, "plan cache", sizeof(pg_uuid_t),
+						sizeof(PlanCacheEntry), DatumGetPointer(org_id));
 	oldcxt = MemoryContextSwitchTo(plan_cache_cxt);
 	entry->scopes = flwl_scope_set(datumCopy(scopes, false, -1));
 	MemoryContextSwitchTo(oldcxt);
 	return &entry->scopes;
+}
+
+/*
+ * Whether the key cache may hold rows of the keys table, open and locked:
+ * its guard and its audit trigger on updates fire for every change, as
+ * they do when enabled ALWAYS (1.3 on).  See the key cache's header.
+ */
+static bool
+key_cache_sound(Relation keys)
+{
+	TriggerDesc *td = keys->trigdesc;
+	bool		guard = false;
+	bool		audit = false;
+
+	for (int i = 0; td != NULL && i < td->numtriggers; i++)
+	{
+		const Trigger *t = &td->triggers[i];
+
+		if (t->tgenabled != TRIGGER_FIRES_ALWAYS)
+			continue;
+		if (strcmp(t->tgname, "api_keys_guard") == 0)
+			guard = true;
+		else if (strcmp(t->tgname, "api_keys_audit_update") == 0)
+			audit = true;
+	}
+	return guard && audit;
+}
+
+/*
+ * What verify reads of the key row in slot, as copies in
+ * CurrentMemoryContext (detoasting may accept invalidations).
+ */
+static KeyFacts *
+key_facts_of_row(TupleTableSlot *slot, const VerifyRels *r, const char *prefix)
+{
+	KeyFacts   *facts = palloc0(sizeof(KeyFacts));
+	Datum		d;
+	bool		isnull;
+
+	memcpy(facts->prefix, prefix, FLWL_PREFIX_LEN);
+	d = slot_getattr(slot, r->k_secret_hash, &isnull);
+	if (!isnull)
+	{
+		bytea	   *stored = DatumGetByteaPP(d);
+
+		facts->has_hash = (VARSIZE_ANY_EXHDR(stored) == FLWL_HASH_LEN);
+		if (facts->has_hash)
+			memcpy(facts->secret_hash, VARDATA_ANY(stored), FLWL_HASH_LEN);
+	}
+	memcpy(&facts->key_id, DatumGetUUIDP(slot_getattr(slot, r->k_key_id, &isnull)),
+		   sizeof(pg_uuid_t));
+	memcpy(&facts->org_id, DatumGetUUIDP(slot_getattr(slot, r->k_org_id, &isnull)),
+		   sizeof(pg_uuid_t));
+	slot_getattr(slot, r->k_revoked_at, &isnull);
+	facts->revoked = !isnull;
+	d = slot_getattr(slot, r->k_expires_at, &isnull);
+	facts->has_expiry = !isnull;
+	facts->expires_at = isnull ? 0 : DatumGetTimestampTz(d);
+	d = slot_getattr(slot, r->k_scopes, &facts->scopes_null);
+	if (!facts->scopes_null)
+		facts->scopes = PointerGetDatum(PG_DETOAST_DATUM_COPY(d));
+
+	/* the key's policy: no columns (before 1.3) or NULL, none */
+	facts->ips_null = true;
+	if (r->k_allowed_ips != InvalidAttrNumber)
+	{
+		d = slot_getattr(slot, r->k_allowed_ips, &facts->ips_null);
+		if (!facts->ips_null)
+			facts->allowed_ips = PointerGetDatum(PG_DETOAST_DATUM_COPY(d));
+	}
+	if (r->k_rate_limit != InvalidAttrNumber)
+	{
+		d = slot_getattr(slot, r->k_rate_limit, &isnull);
+		facts->has_limit = !isnull;
+		facts->rate_limit = isnull ? 0 : DatumGetInt32(d);
+	}
+	return facts;
+}
+
+/* Keep facts in the key cache; returns the cached copy. */
+static const KeyFacts *
+key_cache_put(const KeyFacts *facts)
+{
+	KeyFacts   *entry;
+	MemoryContext oldcxt;
+
+	entry = cache_enter(&key_cache_cxt, &key_cache, &key_cache_generation,
+						verify_cache_keys, "key cache", FLWL_PREFIX_LEN,
+						sizeof(KeyFacts), facts->prefix);
+	oldcxt = MemoryContextSwitchTo(key_cache_cxt);
+	*entry = *facts;
+	if (!facts->scopes_null)
+		entry->scopes = datumCopy(facts->scopes, false, -1);
+	if (!facts->ips_null)
+		entry->allowed_ips = datumCopy(facts->allowed_ips, false, -1);
+	MemoryContextSwitchTo(oldcxt);
+	return entry;
+}
+
+/*
+ * What verify needs of the key whose prefix (the token's public part,
+ * FLWL_PREFIX_LEN bytes) is given, or NULL when no key has it: from the
+ * key cache, else read through the unique prefix index with the latest
+ * snapshot, and cached when that is sound and no invalidation arrived
+ * while reading.  The caller holds a pin on the caches.
+ */
+static const KeyFacts *
+key_facts(const char *prefix)
+{
+	uint64		generation = key_cache_generation;
+	Snapshot	snapshot;
+	VerifyRels	r;
+	Relation	rels[2];
+	TupleTableSlot *slot;
+	KeyFacts   *facts = NULL;
+	bool		cacheable;
+
+	Assert(cache_pins > 0);
+	if (key_cache != NULL && verify_cache_keys > 0)
+	{
+		KeyFacts   *entry = hash_search(key_cache, prefix, HASH_FIND, NULL);
+
+		if (entry != NULL)
+			return entry;
+	}
+
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
+	r = vrels_open(false, rels);
+	cacheable = verify_cache_keys > 0 && key_cache_sound(rels[0]);
+	slot = table_slot_create(rels[0], NULL);
+	if (probe_unique(rels[0], rels[1], F_TEXTEQ, C_COLLATION_OID,
+					 PointerGetDatum(cstring_to_text_with_len(prefix, FLWL_PREFIX_LEN)),
+					 snapshot, slot))
+		facts = key_facts_of_row(slot, &r, prefix);
+	ExecDropSingleTupleTableSlot(slot);
+	relation_close(rels[1], AccessShareLock);
+	relation_close(rels[0], AccessShareLock);
+	UnregisterSnapshot(snapshot);
+
+	if (facts == NULL || !cacheable || generation != key_cache_generation)
+		return facts;
+	return key_cache_put(facts);
+}
+
+/*
+ * A change of a column verify reads in the keys table rel (the audit
+ * trigger on updates calls this): every backend's key cache must drop the
+ * row.  A relcache invalidation is sent at commit (and dropped on
+ * rollback), once the change is visible.
+ */
+void
+flwl_verify_key_changed(Relation rel)
+{
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(rel));
 }
 
 /*
@@ -681,24 +927,24 @@ client_ip_allowed(Datum allowed_ips, const inet *client)
  * RATE_LIMITED (0) answers of a key with a limit, retry_after_ms for
  * RATE_LIMITED.
  *
- * The plan cache stays pinned for the whole call: the plan's scopes are
- * read from it before the key's scopes and its allowlist are detoasted
- * and before the result descriptor is looked up, and any of these may reset
- * it.  A pin costs less than copying thousands of scopes on every call.
- * An error leaves the pin to plan_cache_xact_callback.
+ * The key and plan caches stay pinned for the whole call: the key's row
+ * is read from one before the plan's scopes are read (which may lock
+ * relations) and the result descriptor is looked up, and any of these may
+ * reset them.  A pin costs less than copying thousands of scopes on every
+ * call.  An error leaves the pin to caches_xact_callback.
  */
 Datum
 flowella_apikey_verify(PG_FUNCTION_ARGS)
 {
 	Datum		result;
 
-	plan_cache_pins++;
+	cache_pins++;
 	result = verify_body(fcinfo);
-	plan_cache_unpin();
+	caches_unpin();
 	return result;
 }
 
-/* The body of apikey_verify, run with the plan cache pinned. */
+/* The body of apikey_verify, run with the key and plan caches pinned. */
 static Datum
 verify_body(FunctionCallInfo fcinfo)
 {
@@ -707,17 +953,12 @@ verify_body(FunctionCallInfo fcinfo)
 	size_t		len;
 	FlwlMode	mode;
 	unsigned char hash[FLWL_HASH_LEN];
-	Snapshot	snapshot;
-	VerifyRels	r;
-	Relation	rels[2];
-	TupleTableSlot *slot;
-	FlwlVerifyCode	code;
+	const KeyFacts *facts;
+	FlwlVerifyCode code;
 	Datum		key_id = (Datum) 0;
 	Datum		org_id = (Datum) 0;
 	Datum		scopes = (Datum) 0;
 	bool		scopes_null = true;
-	Datum		d;
-	bool		isnull;
 	TimestampTz now = 0;
 	RateAnswer	rate = {0};
 	text	   *required;
@@ -746,95 +987,57 @@ verify_body(FunctionCallInfo fcinfo)
 	required = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
 	client = (PG_NARGS() >= 3 && !PG_ARGISNULL(2)) ? PG_GETARG_INET_PP(2) : NULL;
 
-	/* see plan changes committed since the last call, even mid-transaction */
+	/* see key and plan changes committed since the last call, even mid-transaction */
 	AcceptInvalidationMessages();
 
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
-	r = vrels_open(false, rels);
-	slot = table_slot_create(rels[0], NULL);
-
-	if (!probe_unique(rels[0], rels[1], F_TEXTEQ, C_COLLATION_OID,
-					  PointerGetDatum(cstring_to_text_with_len(tok, FLWL_PREFIX_LEN)),
-					  snapshot, slot))
+	facts = key_facts(tok);
+	if (facts == NULL || !facts->has_hash ||
+		sodium_memcmp(facts->secret_hash, hash, FLWL_HASH_LEN) != 0)
 		code = FLWL_VC_NOT_FOUND;
 	else
 	{
-		bytea	   *stored;
+		key_id = UUIDPGetDatum(unconstify(pg_uuid_t *, &facts->key_id));
+		org_id = UUIDPGetDatum(unconstify(pg_uuid_t *, &facts->org_id));
 
-		d = slot_getattr(slot, r.k_secret_hash, &isnull);
-		stored = isnull ? NULL : DatumGetByteaPP(d);
-		if (stored == NULL || VARSIZE_ANY_EXHDR(stored) != FLWL_HASH_LEN ||
-			sodium_memcmp(VARDATA_ANY(stored), hash, FLWL_HASH_LEN) != 0)
-			code = FLWL_VC_NOT_FOUND;
+		now = GetCurrentTimestamp();
+		if (facts->revoked)
+			code = FLWL_VC_REVOKED;
+		else if (facts->has_expiry && facts->expires_at <= now)
+			code = FLWL_VC_EXPIRED;
 		else
-		{
-			key_id = datumCopy(slot_getattr(slot, r.k_key_id, &isnull), false, UUID_LEN);
-			org_id = datumCopy(slot_getattr(slot, r.k_org_id, &isnull), false, UUID_LEN);
+			code = FLWL_VC_VALID;
 
-			now = GetCurrentTimestamp();
-			slot_getattr(slot, r.k_revoked_at, &isnull);
-			if (!isnull)
-				code = FLWL_VC_REVOKED;
+		if (code == FLWL_VC_VALID)
+		{
+			FlwlScopeSet effective;
+
+			effective = flwl_effective_scopes(facts->scopes, facts->scopes_null,
+											  plan_scopes_of_org(org_id));
+			scopes = effective.array;
+			scopes_null = false;
+
+			if (required != NULL &&
+				!flwl_scope_set_has(&effective, PointerGetDatum(required)))
+				code = FLWL_VC_INSUFFICIENT_SCOPE;
+		}
+
+		if (code == FLWL_VC_VALID && !facts->ips_null &&
+			!client_ip_allowed(facts->allowed_ips, client))
+			code = FLWL_VC_IP_DENIED;
+		if (code == FLWL_VC_VALID && facts->has_limit)
+		{
+			if (flwl_ratelimit_take(&facts->key_id, facts->rate_limit, now,
+									&rate.remaining, &rate.retry_after_ms))
+				rate.has_remaining = (rate.remaining >= 0);
 			else
 			{
-				d = slot_getattr(slot, r.k_expires_at, &isnull);
-				if (!isnull && DatumGetTimestampTz(d) <= now)
-					code = FLWL_VC_EXPIRED;
-				else
-					code = FLWL_VC_VALID;
+				code = FLWL_VC_RATE_LIMITED;
+				rate.has_remaining = true;
+				rate.remaining = 0;
+				rate.has_retry = true;
 			}
-
-			if (code == FLWL_VC_VALID)
-			{
-				Datum		key_scopes;
-				bool		key_scopes_null;
-				FlwlScopeSet effective;
-
-				/* read while the slot still pins its page */
-				key_scopes = slot_getattr(slot, r.k_scopes, &key_scopes_null);
-				effective = flwl_effective_scopes(key_scopes, key_scopes_null,
-												  plan_scopes_of_org(org_id, snapshot));
-				scopes = effective.array;
-				scopes_null = false;
-
-				if (required != NULL &&
-					!flwl_scope_set_has(&effective, PointerGetDatum(required)))
-					code = FLWL_VC_INSUFFICIENT_SCOPE;
-			}
-
-			/* the key's policy: no columns (before 1.3) or NULL, none */
-			if (code == FLWL_VC_VALID && r.k_allowed_ips != InvalidAttrNumber)
-			{
-				d = slot_getattr(slot, r.k_allowed_ips, &isnull);
-				if (!isnull && !client_ip_allowed(d, client))
-					code = FLWL_VC_IP_DENIED;
-			}
-			if (code == FLWL_VC_VALID && r.k_rate_limit != InvalidAttrNumber)
-			{
-				d = slot_getattr(slot, r.k_rate_limit, &isnull);
-				if (!isnull)
-				{
-					if (flwl_ratelimit_take(DatumGetUUIDP(key_id), DatumGetInt32(d),
-											now, &rate.remaining,
-											&rate.retry_after_ms))
-						rate.has_remaining = (rate.remaining >= 0);
-					else
-					{
-						code = FLWL_VC_RATE_LIMITED;
-						rate.has_remaining = true;
-						rate.remaining = 0;
-						rate.has_retry = true;
-					}
-				}
-			}
-
 		}
 	}
-
-	ExecDropSingleTupleTableSlot(slot);
-	relation_close(rels[1], AccessShareLock);
-	relation_close(rels[0], AccessShareLock);
-	UnregisterSnapshot(snapshot);
 	sodium_memzero(hash, sizeof(hash));
 
 	/*
@@ -842,7 +1045,7 @@ verify_body(FunctionCallInfo fcinfo)
 	 * (a VALID one is also the key's last use): shared memory only.
 	 */
 	if (key_id != (Datum) 0)
-		flwl_usage_count(DatumGetUUIDP(key_id), now, code, client, required);
+		flwl_usage_count(&facts->key_id, now, code, client, required);
 
 	/* a detoasted copy of the token is ours to wipe */
 	if ((Pointer) token != DatumGetPointer(PG_GETARG_DATUM(0)))

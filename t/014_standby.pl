@@ -7,7 +7,8 @@
 # - a revoke's COMMIT returns only once "sync" answers REVOKED (asked right
 #   after, no poll), while "async", its replay paused, still answers VALID
 #   with the revoke's WAL received: that is replay lag; resumed, it
-#   answers REVOKED;
+#   answers REVOKED; so do sessions that verified the key before (their
+#   key cache drops it as the commit is replayed);
 # - with "sync"'s replay paused, a revoke's COMMIT waits (SyncRep) and the
 #   key stays VALID on "sync" and on the primary until it is applied;
 # - each server has its own rate-limit bucket (SPEC §11);
@@ -172,7 +173,25 @@ for my $c (@cases)
 }
 
 # 2. Revocation.  "async" is made to lag: its replay is paused (it still
-# receives WAL).
+# receives WAL).  On each standby one session verifies the key before the
+# revoke, so that its key cache holds the row, and again after: the
+# replayed commit's invalidation must reach it.
+my %cached;
+for my $node ($sync, $async)
+{
+	$cached{ $node->name } = $node->background_psql('postgres');
+	is($cached{ $node->name }->query_safe(q{
+		SELECT v.code FROM tokens t, LATERAL flowella.apikey_verify(t.token) v
+		 WHERE t.name = 'revoked'}), 'VALID',
+		$node->name . ': a session verifies the key before the revoke');
+}
+sub cached_code
+{
+	my ($node) = @_;
+	return $cached{ $node->name }->query_safe(q{
+		SELECT v.code FROM tokens t, LATERAL flowella.apikey_verify(t.token) v
+		 WHERE t.name = 'revoked'});
+}
 is($async->safe_psql('postgres', 'SELECT pg_wal_replay_pause()'), '',
 	'async: replay paused');
 $primary->safe_psql('postgres', qq{
@@ -184,6 +203,8 @@ $primary->safe_psql('postgres', qq{
 # asked right after the COMMIT returned: no poll, no sleep
 is(code_on($sync, 'revoked'), 'REVOKED',
 	'sync: REVOKED as soon as the revoke\'s COMMIT returned');
+is(cached_code($sync), 'REVOKED',
+	'sync: REVOKED at once in the session that had the key cached');
 is(code_on($primary, 'revoked'), 'REVOKED', 'primary: REVOKED');
 my $revoke_lsn = $primary->lsn('flush');
 ok($async->poll_query_until('postgres', qq{
@@ -194,6 +215,7 @@ is($async->safe_psql('postgres', "SELECT pg_last_wal_replay_lsn() < '$revoke_lsn
 	'async: ... and not replayed');
 is(code_on($async, 'revoked'), 'VALID',
 	'async: the revoked key is still VALID while the revoke is not replayed (replay lag)');
+is(cached_code($async), 'VALID', 'async: ... also in the session that has it cached');
 is($primary->safe_psql('postgres', qq{
 	SELECT sent_lsn >= '$revoke_lsn' AND replay_lsn < '$revoke_lsn'
 	  FROM pg_stat_replication WHERE application_name = 'async'}),
@@ -203,6 +225,12 @@ ok($async->poll_query_until('postgres', q{
 	SELECT v.code = 'REVOKED'
 	  FROM tokens t, LATERAL flowella.apikey_verify(t.token) v WHERE t.name = 'revoked'}),
 	'async: REVOKED once replayed');
+# replayed: the commit's invalidation was sent before replay went on, so
+# the session that had the key cached answers REVOKED without a poll
+ok($async->poll_query_until('postgres', qq{
+	SELECT pg_last_wal_replay_lsn() >= '$revoke_lsn'}), 'async: the revoke is replayed');
+is(cached_code($async), 'REVOKED', 'async: REVOKED in the session that had the key cached');
+$cached{$_}->quit for keys %cached;
 is(code_on($async, 'live'), 'VALID', 'async: the other key is still VALID');
 
 # The COMMIT waits for "sync": with its replay paused, a revoke has
