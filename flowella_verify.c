@@ -115,7 +115,7 @@ static uint64 vrels_generation = 0;	/* bumped when vrels is invalidated */
 
 /*
  * Per-backend cache: organisation -> its plan's current scopes, so that a
- * verify costs one index probe.  Key status is never cached.  A statement
+ * verify costs at most the key's index probe.  A statement
  * trigger on orgs and plans sends a relcache invalidation at commit
  * (flowella_plan_cache_invalidate); every backend then drops the whole cache
  * before its next verify, which calls AcceptInvalidationMessages first.
