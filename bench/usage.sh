@@ -38,9 +38,9 @@ work=$(mktemp -d)
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 source "$here/bench/ratios.sh"
 calls=0
-run() {   # script -> prints TPS, adds the transactions to calls when asked
+run() {   # script [PGOPTIONS] -> prints TPS and the transactions made
     local out tps n
-    out=$(pgbench -n -M prepared -c 4 -j 2 -T "$secs" -f "$work/$1.sql" pol 2>/dev/null)
+    out=$(PGOPTIONS="${2:-}" pgbench -n -M prepared -c 4 -j 2 -T "$secs" -f "$work/$1.sql" pol 2>/dev/null)
     tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' <<<"$out")
     n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
     echo "$tps $n"
@@ -100,20 +100,30 @@ cat > "$work/d10000.sql" <<'SQL'
 SELECT * FROM flowella.apikey_verify((SELECT token FROM t WHERE i = :i), 'messages' || chr(58) || 'send');
 SQL
 
-b10=(); d10=(); e10=(); b100=(); e100=(); p100=()
+# The key cache (flowella.verify_cache_keys, default 10 000 keys per
+# backend) holds every key of (a); (b) is run with it at its default, which
+# holds a tenth of the keys, with it large enough for all of them, and (a)
+# also with it off.
+off="-c flowella.verify_cache_keys=0"
+big="-c flowella.verify_cache_keys=100000"
+b10=(); d10=(); e10=(); x10=(); b100=(); e100=(); y100=(); p100=()
 for r in $(seq 1 "$rounds"); do
     read -r tps n < <(run b10000);  b10+=("$tps")
     read -r tps n < <(run d10000);  d10+=("$tps"); calls=$((calls + n))
     read -r tps n < <(run e10000);  e10+=("$tps"); calls=$((calls + n))
+    read -r tps n < <(run e10000 "$off"); x10+=("$tps"); calls=$((calls + n))
     read -r tps n < <(run b100000); b100+=("$tps")
     read -r tps n < <(run e100000); e100+=("$tps"); calls=$((calls + n))
-    read -r tps n < <(run p100000); p100+=("$tps"); calls=$((calls + n))
-    echo "round $r: b10k ${b10[-1]}  d10k ${d10[-1]}  e10k ${e10[-1]}  b100k ${b100[-1]}  e100k ${e100[-1]}  p100k ${p100[-1]} TPS"
+    read -r tps n < <(run e100000 "$big"); y100+=("$tps"); calls=$((calls + n))
+    read -r tps n < <(run p100000 "$big"); p100+=("$tps"); calls=$((calls + n))
+    echo "round $r: b10k ${b10[-1]}  d10k ${d10[-1]}  e10k ${e10[-1]}  e10k-nocache ${x10[-1]}  b100k ${b100[-1]}  e100k ${e100[-1]}  e100k-bigcache ${y100[-1]}  p100k-bigcache ${p100[-1]} TPS"
 done
 echo "(a) verify with client IP, allowlist, rate limit, usage / bare lookup (10 000 keys) = $(ratio_median e10 b10)   (target >= 0.9)"
+echo "    the same with the key cache off = $(ratio_median x10 b10)"
 echo "    1.1-style verify (scope, no IP: IP_DENIED on these keys; usage counted) / bare lookup = $(ratio_median d10 b10)"
 echo "(b) the same over 100 000 keys x 100 000 client IPs / bare lookup = $(ratio_median e100 b100)   (target >= 0.85)"
-echo "    random pairs (a new bucket per request) as above; each key from its own IP / bare lookup = $(ratio_median p100 b100)"
+echo "    with verify_cache_keys = 100 000 = $(ratio_median y100 b100)"
+echo "    each key from its own IP, verify_cache_keys = 100 000 / bare lookup = $(ratio_median p100 b100)"
 
 echo "== (c) flushing what the load left pending"
 psql -X -d pol -c "SELECT buckets, requests_counted, requests_pending, requests_written, requests_folded, requests_overflowed FROM flowella.usage_stats()"
