@@ -5,8 +5,12 @@
 set -euo pipefail
 
 # libkrb5-dev: the server's libpq/libpq-be.h includes <gssapi/gssapi.h>.
+# The python3-* packages, chromium and chromium-driver: the reference
+# backend (examples/backend/) and its browser test.
 packages=(postgresql-15 postgresql-server-dev-15 libsodium-dev build-essential libipc-run-perl
-          libclang-rt-14-dev libkrb5-dev)
+          libclang-rt-14-dev libkrb5-dev
+          python3-flask python3-psycopg python3-psycopg-pool python3-selenium
+          chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

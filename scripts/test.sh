@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install, build, and run the whole test suite: pg_regress and isolation
 # specs (make installcheck) in a throwaway cluster started with the library
-# preloaded, as in production, then the TAP tests in t/ and a short fuzzing
-# run (fuzz/).
+# preloaded, as in production, then the TAP tests in t/, a short fuzzing
+# run (fuzz/) and the reference backend's tests (examples/backend/).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$here/scripts/deps.sh"
@@ -43,5 +43,20 @@ else
     failed=$((failed + 1))
     status=1
 fi
+
+# the reference backend's HTTP and headless Chromium tests, one count each
+backend_status=0
+bash examples/backend/tests/run.sh > backend.log 2>&1 || backend_status=$?
+grep -E '\.\.\. (ok|FAIL|ERROR)$|^Ran [0-9]+ tests' backend.log || true
+backend_passed=$(grep -cE '\.\.\. ok$' backend.log || true)
+backend_failed=$(grep -cE '\.\.\. (FAIL|ERROR)$' backend.log || true)
+if [ "$backend_status" -ne 0 ]; then
+    sed -n '/^======/,/^Ran [0-9]/p' backend.log   # unittest's failures
+    tail -n 30 backend.log
+    [ "$backend_failed" -gt 0 ] || backend_failed=1
+    status=1
+fi
+passed=$((passed + backend_passed))
+failed=$((failed + backend_failed))
 echo "$passed passed, $failed failed"
 exit "$status"

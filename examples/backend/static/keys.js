@@ -34,7 +34,8 @@ function showError(err) {
   $("error").hidden = !err;
 }
 
-const when = (iso) => (iso ? new Date(iso).toLocaleString() : "");
+const when = (iso) => (iso
+  ? new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }) : "");
 
 function cell(tr, text, className) {
   const td = tr.insertCell();
