@@ -74,8 +74,14 @@ async function loadKeys() {
     badge.className = `badge ${key.status}`;
     badge.textContent = key.status;
     status.append(badge);
-    if (key.revoked_at) status.append(document.createElement("br"), `Revoked ${when(key.revoked_at)}`);
-    else if (key.expires_at) status.append(document.createElement("br"), `Expires ${when(key.expires_at)}`);
+    const stamp = (words, iso) => {
+      const time = document.createElement("span");
+      time.className = "when";
+      time.textContent = when(iso);
+      status.append(document.createElement("br"), words, time);
+    };
+    if (key.revoked_at) stamp("Revoked ", key.revoked_at);
+    else if (key.expires_at) stamp("Expires ", key.expires_at);
     const actions = cell(tr, "", "row-actions");
     button(actions, "Usage", () => openUsage(key));
     if (key.status === "active") {
@@ -126,6 +132,9 @@ function openCreate() {
     const input = document.createElement("input");
     input.type = "checkbox";
     input.value = scope;
+    input.addEventListener("change", () => {   // picking a scope means "only these"
+      $("create-form").elements["scope-mode"].value = "some";
+    });
     label.append(input, ` ${scope}`);
     box.append(label);
   }

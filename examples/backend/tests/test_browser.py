@@ -91,9 +91,11 @@ class PageTest(unittest.TestCase):
                 || Array.from(document.querySelectorAll('input, select, textarea'))
                         .some((e) => e.value.includes(s));""", body))
 
-    def confirm(self, text_part):
+    def confirm(self, text_part, grace):
+        """Confirm the open dialog, which offers a grace period or not."""
         self.wait("confirm dialog", lambda: self.dialog_open("confirm-dialog"))
         self.assertIn(text_part, browser.find_element(By.ID, "confirm-text").text)
+        self.assertEqual(browser.find_element(By.ID, "grace-row").is_displayed(), grace)
         self.click("confirm-ok")
         self.wait("closed confirm dialog", lambda: not self.dialog_open("confirm-dialog"))
 
@@ -117,7 +119,6 @@ class PageTest(unittest.TestCase):
         # create: label and one scope
         self.click("create")
         browser.find_element(By.ID, "create-label").send_keys("n8n production")
-        browser.find_element(By.CSS_SELECTOR, "input[name=scope-mode][value=some]").click()
         browser.find_element(By.CSS_SELECTOR, "#create-scopes input[value='messages:send']").click()
         self.click("create-submit")
         secret = self.take_secret()
@@ -144,14 +145,14 @@ class PageTest(unittest.TestCase):
 
         # replace: a new secret, once; the old key keeps working until revoked
         tr.find_element(By.XPATH, ".//button[text()='Replace']").click()
-        self.confirm("same label, scopes and policy")
+        self.confirm("same label, scopes and policy", grace=True)
         new_secret = self.take_secret()
         self.assertEqual(app.api("POST", "/v1/messages", secret, body={}).status, 200)
 
         # revoke the old key, confirmed: greyed with its timestamp; the API says 401
         tr, _ = self.row(secret[:18])
         tr.find_element(By.XPATH, ".//button[text()='Revoke']").click()
-        self.confirm("returns 401")
+        self.confirm("returns 401", grace=False)
         tr, cells = self.wait("the revoked row", lambda: (
             lambda r: r if r[1]["status"].startswith("revoked") else None)(self.row(secret[:18])))
         self.assertIn("Revoked ", cells["status"])
