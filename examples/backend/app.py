@@ -250,7 +250,7 @@ def json_args(**expected):
         abort(make_response(jsonify(error="the body must be a JSON object"), 422))
     for name, types in expected.items():
         value = body.get(name)
-        ok = value is None or isinstance(value, types)
+        ok = value is None or (isinstance(value, types) and not isinstance(value, bool))
         if ok and isinstance(value, list):
             ok = all(isinstance(v, str) for v in value)
         if not ok:
