@@ -100,7 +100,7 @@ function showSecret(token) {
   $("secret-dialog").showModal();
 }
 
-// "close" fires however the dialog closes (Done, Escape): forget the token.
+// Empty the dialog's copy of the token, and any selection of it.
 function forgetSecret() {
   $("secret").textContent = "";
   window.getSelection().removeAllRanges();
@@ -262,7 +262,12 @@ document.addEventListener("DOMContentLoaded", () => {
     if ($("create-dialog").returnValue === "create") createKey().catch(showError);
   });
   $("copy").addEventListener("click", () => copySecret().catch(showError));
-  $("secret-done").addEventListener("click", () => $("secret-dialog").close());
+  // Done forgets the token before the dialog closes; Escape closes it
+  // first, and the "close" event (a task later) forgets it.
+  $("secret-done").addEventListener("click", () => {
+    forgetSecret();
+    $("secret-dialog").close();
+  });
   $("secret-dialog").addEventListener("close", forgetSecret);
   $("usage-show").addEventListener("click", () => showUsage().catch(showError));
   start().catch(showError);

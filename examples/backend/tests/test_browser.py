@@ -11,6 +11,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from . import harness
@@ -56,18 +57,31 @@ class PageTest(unittest.TestCase):
         return browser.execute_script(f"return document.getElementById('{dialog_id}').open")
 
     def row(self, prefix):
-        """The list's row of the key with this prefix and its cells'
-        texts by class, or None."""
+        """A snapshot of the list's row of the key with this prefix: its
+        cells' texts by class, its class, label colour and buttons; or
+        None.  (Snapshots, not elements: a refresh redraws the list.)"""
         for tr in browser.find_elements(By.CSS_SELECTOR, "#key-table tbody tr"):
             if tr.find_element(By.CSS_SELECTOR, "td.prefix").text == prefix:
-                cells = {td.get_attribute("class").split()[0]: td.text
-                         for td in tr.find_elements(By.TAG_NAME, "td")}
-                return tr, cells
+                row = {td.get_attribute("class").split()[0]: td.text
+                       for td in tr.find_elements(By.TAG_NAME, "td")}
+                label = tr.find_element(By.CSS_SELECTOR, "td.label")
+                row.update({"class": tr.get_attribute("class"),
+                            "label-colour": label.value_of_css_property("color"),
+                            "buttons": [b.text for b in tr.find_elements(By.TAG_NAME, "button")]})
+                return row
         return None
 
-    def take_secret(self):
-        """Read the secret from its modal, copy it, close the modal; check
-        that the page keeps it nowhere once closed."""
+    def press(self, prefix, button):
+        """Click a button of the key's row (again if the list was redrawn)."""
+        def pressed():
+            tr = browser.find_element(By.XPATH, f"//td[@class='prefix mono'][text()='{prefix}']/..")
+            tr.find_element(By.XPATH, f".//button[text()='{button}']").click()
+            return True
+        self.wait(f"{button} of {prefix}", pressed)
+
+    def take_secret(self, escape=False):
+        """Read the secret from its modal, copy it, close the modal (Done,
+        or the Escape key); check that the page keeps it nowhere then."""
         secret = self.wait("secret in the modal", lambda: self.dialog_open("secret-dialog")
                            and browser.find_element(By.ID, "secret").text)
         self.assertRegex(secret, harness.TOKEN)
@@ -75,8 +89,15 @@ class PageTest(unittest.TestCase):
         self.assertIn("The secret is shown only once.", warning)
         self.click("copy")
         self.wait("Copied", lambda: browser.find_element(By.ID, "copy").text == "Copied")
-        self.click("secret-done")
-        self.wait("closed modal", lambda: not self.dialog_open("secret-dialog"))
+        if escape:
+            # the dialog closes, then its "close" event empties it
+            browser.find_element(By.ID, "secret-dialog").send_keys(Keys.ESCAPE)
+            self.wait("closed, emptied modal", lambda: not self.dialog_open("secret-dialog")
+                      and not browser.find_element(By.ID, "secret").get_attribute("textContent"))
+        else:
+            # Done empties it before it closes
+            self.click("secret-done")
+            self.wait("closed modal", lambda: not self.dialog_open("secret-dialog"))
         self.assert_secret_gone(secret)
         return secret
 
@@ -104,7 +125,7 @@ class PageTest(unittest.TestCase):
         def used():
             self.click("refresh")
             row = self.row(prefix)
-            return row and row[1]["last-used"] != "Never"
+            return row and row["last-used"] != "Never"
         self.wait(f"Last used of {prefix}", used)
 
     def test_create_use_see_last_used_replace_revoke(self):
@@ -122,45 +143,45 @@ class PageTest(unittest.TestCase):
         browser.find_element(By.CSS_SELECTOR, "#create-scopes input[value='messages:send']").click()
         self.click("create-submit")
         secret = self.take_secret()
-        tr, cells = self.wait("the new row", lambda: self.row(secret[:18]))
-        self.assertEqual((cells["label"], cells["scope"], cells["last-used"]),
-                         ("n8n production", "messages:send", "Never"))
-        self.assertIn("by Olivia (owner)", cells["created"])
-        self.assertEqual(cells["status"], "active")
+        row = self.wait("the new row", lambda: self.row(secret[:18]))
+        self.assertEqual((row["label"], row["scope"], row["last-used"], row["status"]),
+                         ("n8n production", "messages:send", "Never", "active"))
+        self.assertIn("by Olivia (owner)", row["created"])
 
-        # use it; "Last used" appears once the usage flush has written it
-        # (from 203.0.113.7, as the app's proxy tells it)
+        # use it (from 203.0.113.7, as the app's proxy tells it); "Last
+        # used" appears once the usage flush has written it
         self.assertEqual(app.api("POST", "/v1/messages", secret, body={"text": "hi"},
                                  headers={"X-Forwarded-For": "203.0.113.7"}).status, 200)
         self.last_used(secret[:18])
 
-        # the usage view shows that request
-        tr, _ = self.row(secret[:18])
-        tr.find_element(By.XPATH, ".//button[text()='Usage']").click()
-        self.wait("usage", lambda: self.dialog_open("usage-dialog") and browser.find_elements(
-            By.CSS_SELECTOR, "#usage-rows tbody tr"))
-        self.assertEqual(browser.find_element(By.CSS_SELECTOR, "#usage-rows tbody tr").text.split()[-4:],
+        # the usage view shows that request (asked again until flushed)
+        self.press(secret[:18], "Usage")
+
+        def usage():
+            self.click("usage-show")
+            return [tr.text for tr in browser.find_elements(By.CSS_SELECTOR, "#usage-rows tbody tr")]
+        self.assertEqual(self.wait("usage", usage)[0].split()[-4:],
                          ["203.0.113.7", "messages:send", "VALID", "1"])
         browser.find_element(By.CSS_SELECTOR, "#usage-dialog button[value=close]").click()
 
         # replace: a new secret, once; the old key keeps working until revoked
-        tr.find_element(By.XPATH, ".//button[text()='Replace']").click()
+        self.press(secret[:18], "Replace")
         self.confirm("same label, scopes and policy", grace=True)
-        new_secret = self.take_secret()
+        new_secret = self.take_secret(escape=True)
         self.assertEqual(app.api("POST", "/v1/messages", secret, body={}).status, 200)
 
         # revoke the old key, confirmed: greyed with its timestamp; the API says 401
-        tr, _ = self.row(secret[:18])
-        tr.find_element(By.XPATH, ".//button[text()='Revoke']").click()
+        self.press(secret[:18], "Revoke")
         self.confirm("returns 401", grace=False)
-        tr, cells = self.wait("the revoked row", lambda: (
-            lambda r: r if r[1]["status"].startswith("revoked") else None)(self.row(secret[:18])))
-        self.assertIn("Revoked ", cells["status"])
-        self.assertEqual(tr.get_attribute("class"), "revoked")
-        active, _ = self.row(new_secret[:18])
-        label_colour = lambda row: row.find_element(By.CSS_SELECTOR, "td.label").value_of_css_property("color")
-        self.assertNotEqual(label_colour(tr), label_colour(active))   # greyed
-        self.assertFalse(tr.find_elements(By.XPATH, ".//button[text()='Revoke']"))
+
+        def revoked_row():
+            row = self.row(secret[:18])
+            return row if row and row["class"] == "revoked" else None
+        revoked = self.wait("the revoked row", revoked_row)
+        self.assertRegex(revoked["status"], r"^revoked\nRevoked \S")
+        self.assertEqual(revoked["buttons"], ["Usage"])
+        active = self.wait("the new key's row", lambda: self.row(new_secret[:18]))
+        self.assertNotEqual(revoked["label-colour"], active["label-colour"])   # greyed
         refused = app.api("POST", "/v1/messages", secret, body={})
         self.assertEqual((refused.status, refused.json["error"]), (401, "REVOKED"))
         self.assertEqual(app.api("POST", "/v1/messages", new_secret, body={}).status, 200)
