@@ -24,19 +24,15 @@ browser = None
 def setUpModule():
     global app, browser
     app = App(**harness.BEHIND_PROXY)
+    unittest.addModuleCleanup(app.stop)   # also if what follows fails
     options = Options()
     options.binary_location = "/usr/bin/chromium"
     # --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1280,600", "--lang=en-GB"):
+                "--window-size=1280,600"):
         options.add_argument(arg)
     browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
-
-
-def tearDownModule():
-    if browser:
-        browser.quit()
-    app.stop()
+    unittest.addModuleCleanup(browser.quit)
 
 
 class PageTest(unittest.TestCase):

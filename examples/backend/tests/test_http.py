@@ -16,10 +16,7 @@ app = None
 def setUpModule():
     global app
     app = App(**harness.BEHIND_PROXY)
-
-
-def tearDownModule():
-    app.stop()
+    unittest.addModuleCleanup(app.stop)
 
 
 class Case(unittest.TestCase):
