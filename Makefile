@@ -49,3 +49,9 @@ include $(PGXS)
 .PHONY: valgrind
 valgrind:
 	bash $(srcdir)/scripts/valgrind.sh
+
+# Build the Debian package postgresql-15-flowella-apikey into build/deb/
+# (dpkg-buildpackage -us -uc -b in a copy of the tree).  See the README.
+.PHONY: deb
+deb:
+	bash $(srcdir)/scripts/deb.sh
