@@ -7,10 +7,14 @@ set -euo pipefail
 # libkrb5-dev: the server's libpq/libpq-be.h includes <gssapi/gssapi.h>.
 # The python3-* packages, chromium and chromium-driver: the reference
 # backend (examples/backend/) and its browser test.
+# The Debian package (scripts/package.sh): debhelper, postgresql-server-dev-all
+# (pg_buildext's dh sequence) and postgresql-all (debian/control's
+# Build-Depends), lintian, autopkgtest.
 packages=(postgresql-15 postgresql-server-dev-15 libsodium-dev build-essential libipc-run-perl
           libclang-rt-14-dev libkrb5-dev
           python3-flask python3-psycopg python3-psycopg-pool python3-selenium
-          chromium chromium-driver)
+          chromium chromium-driver
+          debhelper postgresql-server-dev-all postgresql-all lintian autopkgtest)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
@@ -21,7 +25,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     sudo_cmd=""
     [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+    # (waiting while another apt or dpkg run holds the lock: a shared machine)
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+        "${missing[@]}" >/dev/null
 fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
