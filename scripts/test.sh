@@ -2,7 +2,8 @@
 # Install, build, and run the whole test suite: pg_regress and isolation
 # specs (make installcheck) in a throwaway cluster started with the library
 # preloaded, as in production, then the TAP tests in t/, a short fuzzing
-# run (fuzz/) and the reference backend's tests (examples/backend/).
+# run (fuzz/), the reference backend's tests (examples/backend/) and the
+# Debian package's proof (scripts/package.sh).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$here/scripts/deps.sh"
@@ -58,5 +59,34 @@ if [ "$backend_status" -ne 0 ]; then
 fi
 passed=$((passed + backend_passed))
 failed=$((failed + backend_failed))
-echo "$passed passed, $failed failed"
+
+# The Debian package and the PGXN metadata (scripts/package.sh, which runs
+# alone too).  It installs the package into the system PostgreSQL with
+# dpkg -i and purges it, then puts back the files deps.sh's `make install`
+# had left there: so it runs last, after every test that needs that
+# install, and leaves the system as deps.sh set it up.  With PG_CONFIG
+# naming a private copy this run must not touch the system's PostgreSQL,
+# so it is skipped.
+skipped=0
+if [ "$("$PG_CONFIG" --pkglibdir)" != /usr/lib/postgresql/15/lib ]; then
+    echo "skipped: the Debian package proof (PG_CONFIG is a private copy; run scripts/package.sh alone)"
+    skipped=1
+else
+    package_status=0
+    bash scripts/package.sh > package.log 2>&1 || package_status=$?
+    grep -E '^(ok|not ok|    )' package.log || true
+    package_passed=0
+    package_failed=1
+    if [[ "$(tail -n 1 package.log)" =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+        package_passed=${BASH_REMATCH[1]}
+        package_failed=${BASH_REMATCH[2]}
+    fi
+    if [ "$package_status" -ne 0 ]; then
+        [ "$package_failed" -gt 0 ] || { tail -n 40 package.log; package_failed=1; }
+        status=1
+    fi
+    passed=$((passed + package_passed))
+    failed=$((failed + package_failed))
+fi
+echo "$passed passed, $failed failed$([ "$skipped" -eq 0 ] || echo ", $skipped skipped")"
 exit "$status"
