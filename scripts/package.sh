@@ -88,10 +88,13 @@ else
     fail "Depends lacks libsodium23 or postgresql-15: $depends"
 fi
 
-# ---- lintian: errors and warnings fail; informational and pedantic tags
+# ---- lintian on the binary packages, .changes, .buildinfo and the source
+# package: errors and warnings fail; informational and pedantic tags
 # are shown (the README says why the remaining ones are right)
 changes="build/deb/flowella-apikey_${version}_${arch}.changes"
-if lintian --info --display-info --pedantic --fail-on error,warning "$changes" > "$logs/lintian.log" 2>&1; then
+dsc="build/deb/flowella-apikey_${version}.dsc"
+if lintian --info --display-info --pedantic --fail-on error,warning "$changes" "$dsc" \
+        > "$logs/lintian.log" 2>&1; then
     pass "lintian: no error or warning ($(grep -c '^[EWIPX]: ' "$logs/lintian.log" || true) other tags)"
 else
     fail "lintian"
