@@ -16,8 +16,9 @@ Versions, one rule: the control file's default_version is the version.
 PGXN wants semantic versions, so META.json's version and
 provides.flowella_apikey.version are default_version with ".0" appended
 when it has two parts ("1.4" -> "1.4.0"); debian/changelog's top entry
-must carry default_version as its upstream version (epoch and Debian
-revision stripped: "1.4", "1.4-1" and "1:1.4-2" all match "1.4").
+must carry default_version as its upstream version (epoch, Debian revision
+and a "+" suffix stripped: "1.4", "1.4-1", "1:1.4-2" and "1.4+1", a
+packaging-only release of the native package, all match "1.4").
 
 Prints one "ok"/"not ok" line per check and exits non-zero on any failure.
 """
@@ -264,7 +265,8 @@ def changelog_upstream_version(root):
     if not m:
         raise ValueError("debian/changelog: no version on the first line")
     version = re.sub(r"^\d+:", "", m.group(1))   # epoch
-    return re.sub(r"-[^-]*$", "", version)        # Debian revision
+    version = re.sub(r"-[^-]*$", "", version)     # Debian revision
+    return re.sub(r"\+.*$", "", version)          # packaging-only release
 
 
 def run_checks(root):
