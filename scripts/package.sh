@@ -78,6 +78,7 @@ fi
 if deb=$(bash scripts/deb.sh | tail -n 1) && [ "$deb" = "$here/build/deb/${pkg}_${version}_${arch}.deb" ]; then
     pass "dpkg-buildpackage -us -uc -b: build/deb/$(basename "$deb") (regression suite passed at build time)"
 else
+    tail -n 60 build/deb/source.log build/deb/build.log 2>/dev/null || true
     fail "dpkg-buildpackage (build/deb/build.log)"
     finish
 fi
@@ -107,7 +108,7 @@ if dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qv '^not-in
     finish
 fi
 # Save the files the package will replace that no package owns, to put
-# them back after the purge (the trap also does it if this script dies).
+# them back after the purge (the trap does it too if a step fails).
 dpkg-deb --fsys-tarfile "$deb" | tar -t | sed -n 's|^\./|/|p' | grep -v '/$' |
     while read -r f; do
         if [ -e "$f" ] && ! dpkg -S "$f" >/dev/null 2>&1; then
@@ -140,6 +141,7 @@ if dpkg_wait -i "$deb" && dpkg --verify "$pkg" >> "$logs/dpkg.log" 2>&1; then
 else
     cat "$logs/dpkg.log"
     fail "dpkg -i"
+    finish
 fi
 
 # ---- CREATE EXTENSION from the installed files, create and verify a key
