@@ -70,7 +70,7 @@ if /usr/bin/python3 scripts/check_meta.py > "$logs/meta.log" 2>&1 &&
         /usr/bin/python3 scripts/check_meta.py --self-test >> "$logs/meta.log" 2>&1; then
     pass "META.json valid (PGXN Meta Spec 1.0.0); META.json and debian/changelog versions = default_version"
 else
-    cat "$logs/meta.log"
+    grep -v '^ok ' "$logs/meta.log" | sed 's/^/    /'
     fail "META.json / version check (scripts/check_meta.py)"
 fi
 
