@@ -58,8 +58,7 @@ for port in $(seq 5461 5470); do
         break
     fi
 done
-work=$(mktemp -d /tmp/flowella_package.XXXXXX)   # the files put back after the purge
-logs="$here/build/package"                        # every step's log
+logs="$here/build/package"      # every step's log
 rm -rf "$logs"
 mkdir -p "$logs"
 version=$(dpkg-parsechangelog -S Version)
@@ -109,6 +108,8 @@ if dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qv '^not-in
 fi
 # Save the files the package will replace that no package owns, to put
 # them back after the purge (the trap does it too if a step fails).
+work=$(mktemp -d /tmp/flowella_package.XXXXXX)
+trap 'rm -rf "$work"' EXIT
 dpkg-deb --fsys-tarfile "$deb" | tar -t | sed -n 's|^\./|/|p' | grep -v '/$' |
     while read -r f; do
         if [ -e "$f" ] && ! dpkg -S "$f" >/dev/null 2>&1; then
