@@ -20,7 +20,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${BENCH_INSIDE:-}" ]; then
     source "$here/scripts/deps.sh"
     export BENCH_INSIDE=1
-    exec pg_virtualenv -t -o shared_preload_libraries=flowella_apikey \
+    exec pg_virtualenv -t "${venv_opts[@]}" \
         -o shared_buffers=1GB -o flowella.usage_max_buckets=1000000 \
         bash "$here/bench/latency.sh"
 fi

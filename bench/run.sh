@@ -15,7 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${BENCH_INSIDE:-}" ]; then
     source "$here/scripts/deps.sh"
     export BENCH_INSIDE=1
-    exec pg_virtualenv -t -o shared_preload_libraries=flowella_apikey \
+    exec pg_virtualenv -t "${venv_opts[@]}" \
         -o max_connections=50 -o shared_buffers=1GB \
         bash "$here/bench/run.sh"
 fi

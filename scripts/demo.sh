@@ -4,6 +4,6 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$here/scripts/deps.sh"
 cd "$here"
-pg_virtualenv -t -o shared_preload_libraries=flowella_apikey -o log_min_messages=warning \
+pg_virtualenv -t "${venv_opts[@]}" -o log_min_messages=warning \
     -o flowella.usage_flush_interval=1 \
     psql -X -q -v ON_ERROR_STOP=1 -f demo/demo.sql
