@@ -14,7 +14,7 @@
 #       bucket per key and minute, as when each key has one caller);
 #   (c) how long the flush of that load's pending counts takes.
 #
-#   bash bench/usage.sh                                  # about 9 minutes
+#   bash bench/usage.sh                                  # about 10 minutes
 #   BENCH_SECONDS=3 BENCH_ROUNDS=3 bash bench/usage.sh   # a quicker look
 #
 # The shared usage table is sized for the load (usage_max_buckets 1 000 000,
