@@ -84,7 +84,7 @@ ALTER TABLE flowella.audit_records
  * audit_digest: what to keep outside the database, the org's last record
  * and its hash, and how many records the chain has.  audit_verify:
  * recompute the org's chain, optionally against a digest kept from
- * earlier.  Both C, not SECURITY DEFINER: they check the caller (the
+ * earlier.  Both C, run with the caller's rights: they check the caller (the
  * auditor role, or an actor who is owner or admin of the org on a plan
  * with the audit log: what audit_events shows) and read audit_records as
  * its owner, as the audit triggers write it.
