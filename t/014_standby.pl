@@ -21,7 +21,8 @@
 #   stopped meanwhile (kept, then sent once it is back);
 # - once promoted, a standby records usage like a primary: its own
 #   requests reach its own api_key_usage, beside those it forwarded before,
-#   which it replayed.
+#   which it replayed; a batch in flight at the promotion (applied by the
+#   primary, its answer lost) is counted once.
 #
 # No step sleeps: everything that takes time is polled for.
 use strict;
@@ -85,7 +86,7 @@ $primary->safe_psql('postgres', qq{
 	INSERT INTO tokens
 	SELECT n.name, k.token, k.key_id
 	  FROM unnest(ARRAY['live', 'revoked', 'held', 'narrow', 'allowlist', 'limited',
-						'promo', 'fwd', 'lost', 'down'])
+						'promo', 'fwd', 'lost', 'down', 'inflight'])
 			AS n(name),
 		   flowella.orgs o,
 		   LATERAL flowella.apikey_create(o.org_id, 'key ' || n.name,
@@ -143,7 +144,7 @@ sub burst_on
 # no poll), and on "async" once replayed.
 is(code_on($sync, 'live'), 'VALID', 'sync: a key made on the primary is VALID at once');
 ok($async->poll_query_until('postgres',
-		q{SELECT count(*) = 12 FROM tokens}),
+		q{SELECT count(*) = 13 FROM tokens}),
 	'async: the keys are replayed');
 $primary->wait_for_catchup($async);
 is(code_on($async, 'live'), 'VALID', 'async: the key is VALID once replayed');
@@ -452,6 +453,40 @@ ok($async->poll_query_until('postgres', q{
 	SELECT requests_pending = 0 FROM flowella.usage_stats()}),
 	'async: handed over');
 $primary->wait_for_catchup($async);
+
+# A batch in flight at the promotion: the primary applied it, but its
+# answer never came back (its COMMIT waited for a synchronous standby that
+# never comes, and its session was ended there), and the forwarder may no
+# longer log in, so "async" cannot send it again.  The promoted server
+# finds it applied in the usage_submissions it replayed: the 4 requests
+# are counted once, from the replayed rows, and not again from its own.
+$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'nobody'");
+$primary->reload;
+verify_many($async, 'inflight', 4, '192.0.2.44');
+ok($primary->poll_query_until('postgres', q{
+	SELECT count(*) = 1 FROM pg_stat_activity
+	 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
+	'primary: a batch from async waits for a synchronous standby');
+$primary->safe_psql('postgres', q{
+	BEGIN;
+	SET LOCAL synchronous_commit = local;
+	ALTER ROLE forwarder NOLOGIN;
+	COMMIT;});
+is($primary->safe_psql('postgres', q{
+	SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+	 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
+	't', 'primary: its session ended before the answer went back');
+ok($primary->poll_query_until('postgres', sprintf($sum_of, 'inflight'), '4'),
+	'primary: the batch had committed (4 requests)');
+$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'sync'");
+$primary->reload;
+$primary->wait_for_catchup($async);
+is($async->safe_psql('postgres', sprintf($sum_of, 'inflight')), '4',
+	'async: replayed the applied batch');
+ok($async->poll_query_until('postgres', q{
+	SELECT requests_pending = 4 FROM flowella.usage_stats()}),
+	'async: yet holds its 4 requests, the batch unanswered');
+
 my $counted_before = $async->safe_psql('postgres',
 	'SELECT requests_counted FROM flowella.usage_stats()');
 $async->promote;
@@ -484,6 +519,8 @@ is($async->safe_psql('postgres', 'SELECT requests_counted FROM flowella.usage_st
 	$counted_before + 8, 'promoted: counted exactly its own 8 requests since (1 REVOKED, 7 VALID)');
 is($primary->safe_psql('postgres', sprintf($sum_of, 'promo')),
 	'5', 'the old primary has only what async forwarded before its promotion');
+is($async->safe_psql('postgres', sprintf($sum_of, 'inflight')), '4',
+	'promoted: the batch in flight at the promotion counted once');
 
 $async->stop;
 $sync->stop;
