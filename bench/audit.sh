@@ -17,13 +17,8 @@
 # PG_CONFIG may name a private copy of PostgreSQL (scripts/deps.sh).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${BENCH_INSIDE:-}" ]; then
-    source "$here/scripts/deps.sh"
-    export BENCH_INSIDE=1
-    exec pg_virtualenv -t "${venv_opts[@]}" \
-        -o max_connections=50 -o shared_buffers=1GB \
-        bash "$here/bench/audit.sh"
-fi
+source "$here/bench/ratios.sh"
+bench_in_cluster "$here/bench/audit.sh" -o max_connections=50 -o shared_buffers=1GB
 
 cd "$here/bench"
 secs=${BENCH_SECONDS:-6}
@@ -32,7 +27,6 @@ records=${AUDIT_RECORDS:-1000000}
 owner=11111111-1111-4111-8111-111111111111
 work=$(mktemp -d)
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
-source "$here/bench/ratios.sh"
 
 for v in 1.4 1.5; do
     db=v${v/./_}

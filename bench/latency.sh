@@ -17,19 +17,13 @@
 # median per-round ratio to b.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${BENCH_INSIDE:-}" ]; then
-    source "$here/scripts/deps.sh"
-    export BENCH_INSIDE=1
-    exec pg_virtualenv -t "${venv_opts[@]}" \
-        -o shared_buffers=1GB -o flowella.usage_max_buckets=1000000 \
-        bash "$here/bench/latency.sh"
-fi
+source "$here/bench/ratios.sh"
+bench_in_cluster "$here/bench/latency.sh" -o shared_buffers=1GB -o flowella.usage_max_buckets=1000000
 
 secs=${BENCH_SECONDS:-4}
 rounds=${BENCH_ROUNDS:-5}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-source "$here/bench/ratios.sh"
 
 createdb lat
 psql -X -q -v ON_ERROR_STOP=1 -d lat >/dev/null <<SQL

@@ -1,7 +1,20 @@
-# Sourced by the benchmark scripts: the ratios they report and the keys
-# they verify.  A figure is the median over the rounds of each round's
+# Sourced by the benchmark scripts: the throwaway cluster they run in, the
+# ratios they report and the keys they verify.  A figure is the median over the rounds of each round's
 # ratio (two runs measured in the same round share the machine's state),
 # printed with every round's value: this machine is noisy.
+# Run the calling script again inside a throwaway cluster, once: the
+# packages and the build first (scripts/deps.sh), then pg_virtualenv with
+# the library preloaded from PG_CONFIG's copy and the script's own server
+# options.  Inside the cluster it returns at once.
+bench_in_cluster() {   # script pg_virtualenv-options...
+    [ -z "${BENCH_INSIDE:-}" ] || return 0
+    local script=$1
+    shift
+    source "$here/scripts/deps.sh"
+    export BENCH_INSIDE=1
+    exec pg_virtualenv -t "${venv_opts[@]}" "$@" bash "$script"
+}
+
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 median() { printf "%s\n" "$@" | sort -g | awk '{ v[NR] = $1 }
     END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

@@ -12,13 +12,8 @@
 # of each round's ratio is what counts.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${BENCH_INSIDE:-}" ]; then
-    source "$here/scripts/deps.sh"
-    export BENCH_INSIDE=1
-    exec pg_virtualenv -t "${venv_opts[@]}" \
-        -o max_connections=50 -o shared_buffers=1GB \
-        bash "$here/bench/run.sh"
-fi
+source "$here/bench/ratios.sh"
+bench_in_cluster "$here/bench/run.sh" -o max_connections=50 -o shared_buffers=1GB
 
 cd "$here/bench"
 secs=${BENCH_SECONDS:-6}
@@ -68,7 +63,6 @@ tps() {   # db script
         sed -n 's/^tps = \([0-9.]*\) .*/\1/p'
 }
 
-source "$here/bench/ratios.sh"
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, $(uname -r); PostgreSQL $(psql -XAtc 'show server_version')"
 echo "pgbench -M prepared -c 4 -j 2 -T $secs; $rounds rounds of A B C D"

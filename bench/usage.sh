@@ -21,14 +21,9 @@
 # so that no count is folded or overflows) and flushed only when asked.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ -z "${BENCH_INSIDE:-}" ]; then
-    source "$here/scripts/deps.sh"
-    export BENCH_INSIDE=1
-    exec pg_virtualenv -t "${venv_opts[@]}" \
-        -o max_connections=50 -o shared_buffers=1GB \
-        -o flowella.usage_max_buckets=1000000 -o flowella.usage_flush_interval=60 \
-        bash "$here/bench/usage.sh"
-fi
+source "$here/bench/ratios.sh"
+bench_in_cluster "$here/bench/usage.sh" -o max_connections=50 -o shared_buffers=1GB \
+    -o flowella.usage_max_buckets=1000000 -o flowella.usage_flush_interval=60
 
 cd "$here/bench"
 secs=${BENCH_SECONDS:-6}
@@ -36,7 +31,6 @@ rounds=${BENCH_ROUNDS:-5}
 owner=11111111-1111-4111-8111-111111111111
 work=$(mktemp -d)
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
-source "$here/bench/ratios.sh"
 calls=0
 run() {   # script [PGOPTIONS] -> prints TPS and the transactions made
     local out tps n
