@@ -366,26 +366,36 @@ like($err, qr/permission denied/, 'forwarder: cannot read the keys');
 	extra_params => [ '-U', 'forwarder' ]);
 like($err, qr/invalid usage submission/, 'forwarder: a count of 0 is refused');
 
-# A batch whose answer is lost: the primary's COMMIT of it waits for a
+# $n verifies of the named key on "async", whose batch the primary applies
+# but whose answer is lost: the primary's COMMIT of it waits for a
 # synchronous standby that never comes, and the forwarder's session is
-# ended there.  The batch has committed on the primary; "async" does not
-# know it and sends it again, which the primary recognises: counted once.
-$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'nobody'");
-$primary->reload;
-verify_many($async, 'lost', 9, '192.0.2.9');
-ok($primary->poll_query_until('postgres', q{
-	SELECT count(*) = 1 FROM pg_stat_activity
-	 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
-	'primary: a batch from async waits for a synchronous standby');
-is($primary->safe_psql('postgres', q{
-	SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-	 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
-	't', 'primary: its session ended before the answer went back');
-# the ended session's commit becomes visible once its backend has exited
-ok($primary->poll_query_until('postgres', sprintf($sum_of, 'lost'), '9'),
-	'primary: the batch had committed (9 requests)');
-$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'sync'");
-$primary->reload;
+# ended there.  $before_end, if given, runs on the primary just before.
+sub lose_answer
+{
+	my ($name, $n, $ip, $before_end) = @_;
+	$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'nobody'");
+	$primary->reload;
+	verify_many($async, $name, $n, $ip);
+	ok($primary->poll_query_until('postgres', q{
+		SELECT count(*) = 1 FROM pg_stat_activity
+		 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
+		'primary: a batch from async waits for a synchronous standby');
+	$before_end->() if $before_end;
+	is($primary->safe_psql('postgres', q{
+		SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
+		't', 'primary: its session ended before the answer went back');
+	# the ended session's commit becomes visible once its backend has exited
+	ok($primary->poll_query_until('postgres', sprintf($sum_of, $name), $n),
+		"primary: the batch had committed ($n requests)");
+	$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'sync'");
+	$primary->reload;
+}
+
+# A batch whose answer is lost.  The batch has committed on the primary;
+# "async" does not know it and sends it again, which the primary
+# recognises: counted once.
+lose_answer('lost', 9, '192.0.2.9');
 ok($async->poll_query_until('postgres', q{
 	SELECT requests_pending = 0 FROM flowella.usage_stats()}),
 	'async: the batch is settled once sent again');
@@ -460,26 +470,13 @@ $primary->wait_for_catchup($async);
 # longer log in, so "async" cannot send it again.  The promoted server
 # finds it applied in the usage_submissions it replayed: the 4 requests
 # are counted once, from the replayed rows, and not again from its own.
-$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'nobody'");
-$primary->reload;
-verify_many($async, 'inflight', 4, '192.0.2.44');
-ok($primary->poll_query_until('postgres', q{
-	SELECT count(*) = 1 FROM pg_stat_activity
-	 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
-	'primary: a batch from async waits for a synchronous standby');
-$primary->safe_psql('postgres', q{
-	BEGIN;
-	SET LOCAL synchronous_commit = local;
-	ALTER ROLE forwarder NOLOGIN;
-	COMMIT;});
-is($primary->safe_psql('postgres', q{
-	SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-	 WHERE application_name = 'flowella usage forwarder' AND wait_event = 'SyncRep'}),
-	't', 'primary: its session ended before the answer went back');
-ok($primary->poll_query_until('postgres', sprintf($sum_of, 'inflight'), '4'),
-	'primary: the batch had committed (4 requests)');
-$primary->append_conf('postgresql.conf', "synchronous_standby_names = 'sync'");
-$primary->reload;
+lose_answer('inflight', 4, '192.0.2.44', sub {
+	$primary->safe_psql('postgres', q{
+		BEGIN;
+		SET LOCAL synchronous_commit = local;
+		ALTER ROLE forwarder NOLOGIN;
+		COMMIT;});
+});
 $primary->wait_for_catchup($async);
 is($async->safe_psql('postgres', sprintf($sum_of, 'inflight')), '4',
 	'async: replayed the applied batch');
