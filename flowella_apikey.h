@@ -38,6 +38,9 @@ extern Datum flwl_run_api(FunctionCallInfo fcinfo, PGFunction body);
 /* Report 42501 unless an actor is set; returns it. */
 extern const pg_uuid_t *flwl_require_actor(void);
 
+/* Report 22023, naming field, when argument argno is NULL (flowella_manage.c). */
+extern void flwl_require_arg(FunctionCallInfo fcinfo, int argno, const char *field);
+
 /* The client IP and traceparent given to set_actor, or NULL. */
 extern const inet *flwl_actor_ip(void);
 extern const text *flwl_actor_traceparent(void);

@@ -710,18 +710,6 @@ chain_read_end(Oid save_userid, int save_sec_context)
 		elog(ERROR, "SPI_finish failed");
 }
 
-/* The org_id argument, refused (22023) when NULL. */
-static Datum
-org_argument(FunctionCallInfo fcinfo)
-{
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid org_id"),
-				 errdetail("The organisation must not be null.")));
-	return PG_GETARG_DATUM(0);
-}
-
 /*
  * audit_digest(org_id) -> (last_event_id, head_hash, records): what to keep
  * outside the database.  An org without records answers (NULL, NULL, 0).
@@ -729,7 +717,7 @@ org_argument(FunctionCallInfo fcinfo)
 Datum
 flowella_audit_digest(PG_FUNCTION_ARGS)
 {
-	Datum		org_id = org_argument(fcinfo);
+	Datum		org_id;
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	Oid			save_userid;
 	int			save_sec_context;
@@ -737,6 +725,8 @@ flowella_audit_digest(PG_FUNCTION_ARGS)
 	bool		nulls[3];
 	MemoryContext oldcxt;
 
+	flwl_require_arg(fcinfo, 0, "org_id");
+	org_id = PG_GETARG_DATUM(0);
 	InitMaterializedSRF(fcinfo, 0);
 	chain_read_begin(fcinfo, org_id, &save_userid, &save_sec_context);
 
@@ -780,7 +770,7 @@ flowella_audit_digest(PG_FUNCTION_ARGS)
 Datum
 flowella_audit_verify(PG_FUNCTION_ARGS)
 {
-	Datum		org_id = org_argument(fcinfo);
+	Datum		org_id;
 	bool		with_digest = !PG_ARGISNULL(1);
 	int64		expected_id = with_digest ? PG_GETARG_INT64(1) : 0;
 	bytea	   *expected_hash = NULL;
@@ -800,6 +790,8 @@ flowella_audit_verify(PG_FUNCTION_ARGS)
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
 
+	flwl_require_arg(fcinfo, 0, "org_id");
+	org_id = PG_GETARG_DATUM(0);
 	if (PG_ARGISNULL(1) != PG_ARGISNULL(2))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

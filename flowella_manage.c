@@ -397,8 +397,8 @@ invalid_argument(const char *field, const char *detail_text)
 }
 
 /* Report 22023 for a NULL argument. */
-static void
-require_arg(FunctionCallInfo fcinfo, int argno, const char *field)
+void
+flwl_require_arg(FunctionCallInfo fcinfo, int argno, const char *field)
 {
 	if (PG_ARGISNULL(argno))
 		ereport(ERROR,
@@ -413,7 +413,7 @@ check_label(FunctionCallInfo fcinfo, int argno, const char *field)
 {
 	const char *problem;
 
-	require_arg(fcinfo, argno, field);
+	flwl_require_arg(fcinfo, argno, field);
 	problem = flwl_label_text_problem(PG_GETARG_TEXT_PP(argno));
 	if (problem != NULL)
 		invalid_argument(field, problem);
@@ -425,7 +425,7 @@ check_mode(FunctionCallInfo fcinfo, int argno)
 	text	   *t;
 	FlwlMode	mode;
 
-	require_arg(fcinfo, argno, "mode");
+	flwl_require_arg(fcinfo, argno, "mode");
 	t = PG_GETARG_TEXT_PP(argno);
 	mode = flwl_mode_from_name(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
 	if (mode == FLWL_MODE_INVALID)
@@ -1097,7 +1097,7 @@ check_role(FunctionCallInfo fcinfo, int argno)
 	text	   *t;
 	StringInfoData roles;
 
-	require_arg(fcinfo, argno, "role");
+	flwl_require_arg(fcinfo, argno, "role");
 	t = PG_GETARG_TEXT_PP(argno);
 	if (flwl_role_known(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)))
 		return;
@@ -1146,8 +1146,8 @@ org_create_body(PG_FUNCTION_ARGS)
 	MemoryContext upper = CurrentMemoryContext;
 
 	check_label(fcinfo, 0, "name");
-	require_arg(fcinfo, 1, "plan");
-	require_arg(fcinfo, 2, "owner_user_id");
+	flwl_require_arg(fcinfo, 1, "plan");
+	flwl_require_arg(fcinfo, 2, "owner_user_id");
 
 	SPI_connect();
 	require_plan(PG_GETARG_DATUM(1));
@@ -1184,8 +1184,8 @@ member_set_body(PG_FUNCTION_ARGS)
 {
 	Datum		args[3];
 
-	require_arg(fcinfo, 0, "org_id");
-	require_arg(fcinfo, 1, "user_id");
+	flwl_require_arg(fcinfo, 0, "org_id");
+	flwl_require_arg(fcinfo, 1, "user_id");
 	check_role(fcinfo, 2);
 
 	SPI_connect();
@@ -1215,8 +1215,8 @@ member_remove_body(PG_FUNCTION_ARGS)
 {
 	Datum		args[2];
 
-	require_arg(fcinfo, 0, "org_id");
-	require_arg(fcinfo, 1, "user_id");
+	flwl_require_arg(fcinfo, 0, "org_id");
+	flwl_require_arg(fcinfo, 1, "user_id");
 
 	SPI_connect();
 	lock_org(PG_GETARG_DATUM(0));
@@ -1256,9 +1256,9 @@ plan_set_body(PG_FUNCTION_ARGS)
 	int			n;
 	Datum		args[3];
 
-	require_arg(fcinfo, 0, "plan");
-	require_arg(fcinfo, 1, "scopes");
-	require_arg(fcinfo, 2, "audit_log");
+	flwl_require_arg(fcinfo, 0, "plan");
+	flwl_require_arg(fcinfo, 1, "scopes");
+	flwl_require_arg(fcinfo, 2, "audit_log");
 
 	plan = PG_GETARG_TEXT_PP(0);
 	problem = flwl_plan_name_problem(VARDATA_ANY(plan), VARSIZE_ANY_EXHDR(plan));
