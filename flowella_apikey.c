@@ -81,8 +81,8 @@ static void actor_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 
 /*
  * Module load.  Preloaded, it also sets up last-used tracking (shared
- * memory and its background worker) and the rate limiter's buckets (shared
- * memory); loaded on first use instead, verify works the same but records
+ * memory and its background worker), the rate limiter's buckets and the
+ * shared key cache (shared memory); loaded on first use instead, verify works the same but records
  * no use and limits no rate (see flowella_ratelimit.c).
  */
 void
@@ -93,6 +93,8 @@ _PG_init(void)
 				(errcode(ERRCODE_EXTERNAL_ROUTINE_EXCEPTION),
 				 errmsg("could not initialize libsodium")));
 
+	/* first: it defines settings, which the prefix reservation below keeps */
+	flwl_verify_init();
 	if (process_shared_preload_libraries_in_progress)
 	{
 		flwl_usage_init();
@@ -119,14 +121,14 @@ _PG_init(void)
 
 	RegisterXactCallback(actor_xact_callback, NULL);
 	RegisterSubXactCallback(actor_subxact_callback, NULL);
-	flwl_verify_init();
 }
 
 /*---- Shared memory ----*/
 
 /*
- * Ask for the shared memory and locks of the usage pipeline and the rate
- * limiter (before PostgreSQL 15, straight from _PG_init).
+ * Ask for the shared memory and locks of the usage pipeline, the rate
+ * limiter and the shared key cache (before PostgreSQL 15, straight from
+ * _PG_init).
  */
 static void
 shmem_request(void)
@@ -137,9 +139,10 @@ shmem_request(void)
 #endif
 	flwl_usage_shmem_request();
 	flwl_ratelimit_shmem_request();
+	flwl_verify_shmem_request();
 }
 
-/* Attach to (or, the first time, build) both modules' shared state. */
+/* Attach to (or, the first time, build) the three modules' shared state. */
 static void
 shmem_startup(void)
 {
@@ -147,6 +150,7 @@ shmem_startup(void)
 		prev_shmem_startup_hook();
 	flwl_usage_shmem_startup();
 	flwl_ratelimit_shmem_startup();
+	flwl_verify_shmem_startup();
 }
 
 /*---- Request context ----*/

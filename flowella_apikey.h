@@ -144,6 +144,8 @@ extern const char *flwl_rate_limit_problem(int32 limit);
  * backend's key cache, at commit, that a key row verify reads has changed.
  */
 extern void flwl_verify_init(void);
+extern void flwl_verify_shmem_request(void);
+extern void flwl_verify_shmem_startup(void);
 extern void flwl_verify_key_changed(Relation rel);
 
 /*

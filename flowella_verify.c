@@ -48,6 +48,12 @@
  * a verify that starts after a revoke's COMMIT returned finds no cached
  * row from before it.
  *
+ * With the library preloaded, the key cache has a second level in shared
+ * memory (flowella.verify_shared_cache_keys), so that a new connection
+ * does not start cold: what one backend read from the table, every other
+ * one finds there.  No backend can reset another's memory, so shared
+ * entries are dropped by epoch instead; see "Shared key cache" below.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -61,13 +67,27 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_class_d.h"
+#include "catalog/pg_database_d.h"
+#include "catalog/pg_extension_d.h"
+#include "catalog/pg_namespace_d.h"
+#include "catalog/pg_trigger_d.h"
 #include "catalog/pg_collation_d.h"
 #include "catalog/pg_type_d.h"
 #include "commands/trigger.h"
+#include "common/hashfn.h"
 #include "executor/tuptable.h"
 #include "funcapi.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
 #include "storage/lockdefs.h"
+#include "storage/lwlock.h"
+#include "storage/procarray.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
@@ -177,6 +197,99 @@ static MemoryContext key_cache_cxt = NULL;
 static HTAB *key_cache = NULL;
 static uint64 key_cache_generation = 0;	/* bumped at each reset */
 
+/*
+ * Shared key cache: the key cache's second level, in shared memory, for
+ * every backend of the server, consulted when a backend's own cache misses
+ * and filled with what it reads from the table.
+ *
+ * A backend's own cache may rely on relcache invalidations because a new
+ * backend starts with it empty; the shared cache outlives backends, and a
+ * backend started after a change never receives that change's
+ * invalidation.  So shared entries are dropped by epoch, bumped by the
+ * committing backend itself: an entry counts only while the epoch it was
+ * stored under is the current epoch of its keys table's slot (the table's
+ * OID modulo SKC_EPOCH_SLOTS).  The epochs are bumped
+ *
+ * - for a change of a key: the audit trigger that registers the relcache
+ *   invalidation (flwl_verify_key_changed) notes the table, and the
+ *   transaction's commit callback bumps its slot.  That callback runs once
+ *   the change is visible to new snapshots and before COMMIT returns;
+ * - for any DDL on flowella's relations, on triggers, extensions, schemas
+ *   or databases (the object access hook notes it, so a disabled trigger,
+ *   a TRUNCATE or a dropped extension count too): all slots, at commit;
+ * - by every backend's relcache callback for the keys table it knows, and
+ *   for a reset of the whole relcache: all slots;
+ * - at PREPARE of a transaction that did either of the first two, whose
+ *   changes become visible later, at a COMMIT PREPARED that runs no
+ *   callback: its XID is listed in shared memory, every verify bypasses the
+ *   shared cache while a listed transaction is in progress, and the first
+ *   verify that finds them all ended bumps all slots.
+ *
+ * A verify that starts after the change's COMMIT (or COMMIT PREPARED)
+ * returned reads the bumped epoch, so every entry stored before is stale.
+ * An entry stored after was read with a snapshot that sees the change: the
+ * storing backend reads the epoch before it takes its snapshot and stores
+ * under the partition lock only if the epoch has not moved (a bump between
+ * that check and the write leaves the entry stale, never wrong).
+ *
+ * Only committed rows go in, and only they come out: a transaction that
+ * has an XID (it may have changed a key, and its latest snapshot shows its
+ * own uncommitted rows) neither reads nor fills the shared cache.  Nor does
+ * a hot standby: its changes arrive by replay, which runs no commit
+ * callback; its backends keep their own caches, which replayed
+ * invalidations keep right.  Like the backend's cache, it is filled only
+ * when key_cache_sound.
+ *
+ * Layout: sets of SKC_WAYS fixed-size entries, a key's set chosen by the
+ * hash of its database and prefix, each set under one of SKC_PARTITIONS
+ * LWLocks (shared to read, exclusive to store).  A key whose scopes and
+ * allowlist take more than SKC_DATA_SIZE bytes is kept only by the
+ * backends' caches.
+ */
+#define SKC_WAYS			4
+#define SKC_PARTITIONS		128
+#define SKC_EPOCH_SLOTS		64
+#define SKC_DATA_SIZE		512
+
+typedef struct SharedKeyEntry
+{
+	uint64		epoch;			/* 0: empty */
+	Oid			dbid;
+	Oid			keys_relid;		/* the api_keys it was read from */
+	uint16		scopes_size;	/* 0: NULL; else at data[0] */
+	uint16		ips_size;		/* 0: NULL; else at data[MAXALIGN(scopes_size)] */
+	KeyFacts	facts;			/* scopes and allowed_ips are in data */
+	union
+	{
+		char		bytes[SKC_DATA_SIZE];
+		double		force_align;
+	}			data;
+} SharedKeyEntry;
+
+#define SKC_PREPARED_MAX	64
+
+typedef struct SharedKeyCache
+{
+	int			nsets;
+	LWLockPadded *locks;		/* SKC_PARTITIONS of them */
+	pg_atomic_uint64 epochs[SKC_EPOCH_SLOTS];
+	slock_t		mutex;			/* protects the prepared list */
+	bool		broken;			/* the list overflowed: not used again */
+	int			nprepared;
+	TransactionId prepared[SKC_PREPARED_MAX];
+	SharedKeyEntry entries[FLEXIBLE_ARRAY_MEMBER];	/* nsets * SKC_WAYS */
+} SharedKeyCache;
+
+static int	verify_shared_cache_keys = 10000;
+static SharedKeyCache *skc = NULL;
+static int	skc_next_victim = 0;
+
+/* What the current transaction did that its commit must bump. */
+static Oid	skc_keys_changed = InvalidOid;
+static bool skc_ddl = false;
+
+static object_access_hook_type prev_object_access_hook = NULL;
+
 /* Pins on the key and plan caches, and the memory resets retired. */
 static int	cache_pins = 0;
 static MemoryContext caches_retired = NULL;
@@ -234,6 +347,18 @@ static bool key_cache_sound(Relation keys);
 static KeyFacts *key_facts_of_row(TupleTableSlot *slot, const VerifyRels *r,
 								  const char *prefix);
 static const KeyFacts *key_cache_put(const KeyFacts *facts);
+static Size skc_memsize(void);
+static bool skc_usable(void);
+static uint32 skc_hash(const char *prefix);
+static uint64 skc_epoch(Oid keys_relid);
+static bool skc_get(const char *prefix, uint32 hash, SharedKeyEntry *out);
+static void skc_put(const KeyFacts *facts, uint32 hash, Oid keys_relid,
+					uint64 epoch);
+static void skc_invalidate(Oid relid);
+static bool skc_prepared_settled(void);
+static void skc_object_access(ObjectAccessType access, Oid classId,
+							  Oid objectId, int subId, void *arg);
+static const KeyFacts *key_facts_of_shared(const SharedKeyEntry *e);
 static const KeyFacts *key_facts(const char *prefix);
 static const FlwlScopeSet *plan_scopes_of_org(Datum org_id);
 static TupleDesc verification_desc(FunctionCallInfo fcinfo);
@@ -261,9 +386,274 @@ flwl_verify_init(void)
 							10000, 0, 10000000,
 							PGC_SUSET, 0,
 							NULL, NULL, NULL);
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomIntVariable("flowella.verify_shared_cache_keys",
+								"Number of keys whose row apikey_verify keeps in shared memory for every backend.",
+								"A backend's first verify of a key another backend has read reads no table. "
+								"0 turns the shared cache off.",
+								&verify_shared_cache_keys,
+								10000, 0, 10000000,
+								PGC_POSTMASTER, 0,
+								NULL, NULL, NULL);
+		prev_object_access_hook = object_access_hook;
+		object_access_hook = skc_object_access;
+	}
 	RegisterXactCallback(caches_xact_callback, NULL);
 	RegisterSubXactCallback(caches_subxact_callback, NULL);
 	CacheRegisterRelcacheCallback(vrels_invalidate, (Datum) 0);
+}
+
+/*---- Shared key cache ----*/
+
+static Size
+skc_memsize(void)
+{
+	Size		nsets = Max(verify_shared_cache_keys / SKC_WAYS, 1);
+
+	return add_size(offsetof(SharedKeyCache, entries),
+					mul_size(mul_size(nsets, SKC_WAYS), sizeof(SharedKeyEntry)));
+}
+
+/* The shmem_request_hook part of the shared key cache (flowella_apikey.c). */
+void
+flwl_verify_shmem_request(void)
+{
+	if (verify_shared_cache_keys == 0)
+		return;
+	RequestAddinShmemSpace(skc_memsize());
+	RequestNamedLWLockTranche("flowella_apikey key cache", SKC_PARTITIONS);
+}
+
+/* The shmem_startup_hook part of the shared key cache (flowella_apikey.c). */
+void
+flwl_verify_shmem_startup(void)
+{
+	bool		found;
+
+	if (verify_shared_cache_keys == 0)
+		return;
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	skc = ShmemInitStruct("flowella_apikey key cache", skc_memsize(), &found);
+	if (!found)
+	{
+		skc->nsets = Max(verify_shared_cache_keys / SKC_WAYS, 1);
+		skc->locks = GetNamedLWLockTranche("flowella_apikey key cache");
+		for (int i = 0; i < SKC_EPOCH_SLOTS; i++)
+			pg_atomic_init_u64(&skc->epochs[i], 1);
+		SpinLockInit(&skc->mutex);
+		skc->broken = false;
+		skc->nprepared = 0;
+		memset(skc->entries, 0,
+			   mul_size(mul_size(skc->nsets, SKC_WAYS), sizeof(SharedKeyEntry)));
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Whether this verify may read and fill the shared key cache: it exists,
+ * the session's key cache is not off, the transaction has written nothing,
+ * the server is not a standby and no prepared transaction's change is
+ * pending (see the shared cache's header).
+ */
+static bool
+skc_usable(void)
+{
+	return skc != NULL && verify_cache_keys > 0 &&
+		!TransactionIdIsValid(GetTopTransactionIdIfAny()) &&
+		!RecoveryInProgress() && skc_prepared_settled();
+}
+
+/*
+ * Whether no listed prepared transaction is in progress any more; the
+ * first caller to find one ended bumps all slots and unlists it.  Unlisted
+ * only after the bump, so that no verify reads old entries in between.
+ */
+static bool
+skc_prepared_settled(void)
+{
+	TransactionId listed[SKC_PREPARED_MAX];
+	int			n;
+	bool		settled = true;
+
+	/*
+	 * The common case reads without the lock: a transaction is listed
+	 * before its PREPARE returns, so before any COMMIT PREPARED of it.
+	 */
+	pg_read_barrier();
+	if (skc->nprepared == 0 && !skc->broken)
+		return true;
+
+	SpinLockAcquire(&skc->mutex);
+	n = skc->broken ? -1 : skc->nprepared;
+	if (n > 0)
+		memcpy(listed, skc->prepared, n * sizeof(TransactionId));
+	SpinLockRelease(&skc->mutex);
+	if (n <= 0)
+		return n == 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		if (TransactionIdIsInProgress(listed[i]))
+		{
+			settled = false;
+			continue;
+		}
+		skc_invalidate(InvalidOid);
+		SpinLockAcquire(&skc->mutex);
+		for (int j = 0; j < skc->nprepared; j++)
+			if (TransactionIdEquals(skc->prepared[j], listed[i]))
+				skc->prepared[j] = skc->prepared[--skc->nprepared];
+		SpinLockRelease(&skc->mutex);
+	}
+	return settled;
+}
+
+/*
+ * Object access hook: note DDL that may change what verify reads of the
+ * keys table or whether its cache is sound, for the commit to bump all
+ * epochs.  Relations count only in schema flowella (an application's
+ * temporary tables do not empty the cache).
+ */
+static void
+skc_object_access(ObjectAccessType access, Oid classId, Oid objectId,
+				  int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (skc == NULL || skc_ddl)
+		return;
+	if (access != OAT_POST_CREATE && access != OAT_DROP &&
+		access != OAT_POST_ALTER && access != OAT_TRUNCATE)
+		return;
+	if (classId == RelationRelationId)
+	{
+		Oid			nsp = get_rel_namespace(objectId);
+
+		skc_ddl = OidIsValid(nsp) && nsp == get_namespace_oid("flowella", true);
+	}
+	else
+		skc_ddl = (classId == TriggerRelationId || classId == ExtensionRelationId ||
+				   classId == NamespaceRelationId || classId == DatabaseRelationId);
+}
+
+/* A key's hash: its set in the shared cache is this modulo nsets. */
+static uint32
+skc_hash(const char *prefix)
+{
+	return hash_combine(hash_bytes((const unsigned char *) prefix, FLWL_PREFIX_LEN),
+						(uint32) MyDatabaseId);
+}
+
+/* The current epoch of the slot of keys_relid. */
+static uint64
+skc_epoch(Oid keys_relid)
+{
+	return pg_atomic_read_u64(&skc->epochs[keys_relid % SKC_EPOCH_SLOTS]);
+}
+
+/*
+ * Bump the epoch of relid's slot, or of all slots for InvalidOid: called
+ * by the relcache callback, so it must not allocate nor fail.
+ */
+static void
+skc_invalidate(Oid relid)
+{
+	if (skc == NULL)
+		return;
+	if (relid != InvalidOid)
+		pg_atomic_fetch_add_u64(&skc->epochs[relid % SKC_EPOCH_SLOTS], 1);
+	else
+		for (int i = 0; i < SKC_EPOCH_SLOTS; i++)
+			pg_atomic_fetch_add_u64(&skc->epochs[i], 1);
+}
+
+/*
+ * Copy the current entry of prefix in this database into out; false when
+ * there is none.  Only its used part is copied.
+ */
+static bool
+skc_get(const char *prefix, uint32 hash, SharedKeyEntry *out)
+{
+	int			set = hash % skc->nsets;
+	LWLock	   *lock = &skc->locks[set % SKC_PARTITIONS].lock;
+	bool		found = false;
+
+	LWLockAcquire(lock, LW_SHARED);
+	for (int w = 0; w < SKC_WAYS; w++)
+	{
+		SharedKeyEntry *e = &skc->entries[set * SKC_WAYS + w];
+
+		if (e->epoch == 0 || e->dbid != MyDatabaseId ||
+			memcmp(e->facts.prefix, prefix, FLWL_PREFIX_LEN) != 0)
+			continue;
+		if (e->epoch == skc_epoch(e->keys_relid))
+		{
+			memcpy(out, e, offsetof(SharedKeyEntry, data) +
+				   MAXALIGN(e->scopes_size) + e->ips_size);
+			found = true;
+		}
+		break;
+	}
+	LWLockRelease(lock);
+	return found;
+}
+
+/*
+ * Store facts, read from keys_relid with a snapshot taken after epoch was
+ * read as its slot's epoch, unless that epoch has moved since: an
+ * invalidation came in between, and what was read may be older than it.
+ * Takes the set's entry of the same key, else an empty or stale one, else
+ * evicts one in turn.
+ */
+static void
+skc_put(const KeyFacts *facts, uint32 hash, Oid keys_relid, uint64 epoch)
+{
+	int			set = hash % skc->nsets;
+	LWLock	   *lock = &skc->locks[set % SKC_PARTITIONS].lock;
+	Size		scopes_size = facts->scopes_null ? 0 : VARSIZE(DatumGetPointer(facts->scopes));
+	Size		ips_size = facts->ips_null ? 0 : VARSIZE(DatumGetPointer(facts->allowed_ips));
+	SharedKeyEntry *victim = NULL;
+
+	if (MAXALIGN(scopes_size) + ips_size > SKC_DATA_SIZE)
+		return;
+
+	LWLockAcquire(lock, LW_EXCLUSIVE);
+	if (skc_epoch(keys_relid) == epoch)
+	{
+		for (int w = 0; w < SKC_WAYS; w++)
+		{
+			SharedKeyEntry *e = &skc->entries[set * SKC_WAYS + w];
+
+			if (e->epoch != 0 && e->dbid == MyDatabaseId &&
+				memcmp(e->facts.prefix, facts->prefix, FLWL_PREFIX_LEN) == 0)
+			{
+				victim = e;
+				break;
+			}
+			if (victim == NULL &&
+				(e->epoch == 0 || e->epoch != skc_epoch(e->keys_relid)))
+				victim = e;
+		}
+		if (victim == NULL)
+		{
+			skc_next_victim = (skc_next_victim + 1) % SKC_WAYS;
+			victim = &skc->entries[set * SKC_WAYS + skc_next_victim];
+		}
+		victim->epoch = epoch;
+		victim->dbid = MyDatabaseId;
+		victim->keys_relid = keys_relid;
+		victim->facts = *facts;
+		victim->facts.scopes = victim->facts.allowed_ips = (Datum) 0;
+		victim->scopes_size = (uint16) scopes_size;
+		victim->ips_size = (uint16) ips_size;
+		if (scopes_size > 0)
+			memcpy(victim->data.bytes, DatumGetPointer(facts->scopes), scopes_size);
+		if (ips_size > 0)
+			memcpy(victim->data.bytes + MAXALIGN(scopes_size),
+				   DatumGetPointer(facts->allowed_ips), ips_size);
+	}
+	LWLockRelease(lock);
 }
 
 /*---- Verify path ----*/
@@ -348,6 +738,35 @@ caches_unpin(void)
 static void
 caches_xact_callback(XactEvent event, void *arg)
 {
+	/* the shared cache's epochs: see its header */
+	if (skc != NULL && (skc_ddl || OidIsValid(skc_keys_changed)))
+	{
+		if (event == XACT_EVENT_COMMIT)
+			skc_invalidate(skc_ddl ? InvalidOid : skc_keys_changed);
+		else if (event == XACT_EVENT_PRE_PREPARE)
+		{
+			SpinLockAcquire(&skc->mutex);
+			if (skc->nprepared < SKC_PREPARED_MAX)
+				skc->prepared[skc->nprepared++] = GetTopTransactionIdIfAny();
+			else
+				skc->broken = true;
+			SpinLockRelease(&skc->mutex);
+			if (skc->broken)
+				ereport(LOG,
+						(errmsg("flowella_apikey shared key cache turned off"),
+						 errdetail("More than %d prepared transactions changed API keys.",
+								   SKC_PREPARED_MAX),
+						 errhint("Restart the server to use the shared key cache again.")));
+			skc_invalidate(InvalidOid);
+		}
+		if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+			event == XACT_EVENT_PREPARE)
+		{
+			skc_keys_changed = InvalidOid;
+			skc_ddl = false;
+		}
+	}
+
 	if ((event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT) &&
 		cache_pins > 0)
 	{
@@ -375,6 +794,9 @@ caches_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 static void
 vrels_invalidate(Datum arg, Oid relid)
 {
+	if (relid == InvalidOid || (vrels.valid && relid == vrels.keys))
+		skc_invalidate(relid);
+
 	if (verify_tupdesc == NULL || relid == InvalidOid ||
 		relid == verify_type_relid)
 	{
@@ -732,6 +1154,35 @@ key_cache_put(const KeyFacts *facts)
 }
 
 /*
+ * The facts of e, an entry copied out of the shared cache: kept in the
+ * backend's key cache while it has room, else copied into
+ * CurrentMemoryContext (a full cache is not emptied for a key the shared
+ * cache holds anyway).
+ */
+static const KeyFacts *
+key_facts_of_shared(const SharedKeyEntry *e)
+{
+	KeyFacts	facts = e->facts;
+	const char *data = e->data.bytes;
+	bool		keep = (key_cache == NULL ||
+						hash_get_num_entries(key_cache) < verify_cache_keys);
+
+	if (!keep)
+	{
+		Size		size = MAXALIGN(e->scopes_size) + e->ips_size;
+
+		data = memcpy(palloc(Max(size, 1)), data, size);
+	}
+	if (e->scopes_size > 0)
+		facts.scopes = PointerGetDatum(data);
+	if (e->ips_size > 0)
+		facts.allowed_ips = PointerGetDatum(data + MAXALIGN(e->scopes_size));
+	if (keep)
+		return key_cache_put(&facts);
+	return memcpy(palloc(sizeof(KeyFacts)), &facts, sizeof(KeyFacts));
+}
+
+/*
  * What verify needs of the key whose prefix (the token's public part,
  * FLWL_PREFIX_LEN bytes) is given, or NULL when no key has it: from the
  * key cache, else read through the unique prefix index with the latest
@@ -749,6 +1200,10 @@ key_facts(const char *prefix)
 	KeyFacts   *facts = NULL;
 	bool		cacheable;
 
+	bool		shared = skc_usable();
+	uint32		hash = 0;
+	uint64		epoch = 0;
+
 	Assert(cache_pins > 0);
 	if (key_cache != NULL && verify_cache_keys > 0)
 	{
@@ -757,10 +1212,24 @@ key_facts(const char *prefix)
 		if (entry != NULL)
 			return entry;
 	}
+	if (shared)
+	{
+		SharedKeyEntry found;
 
-	snapshot = RegisterSnapshot(GetLatestSnapshot());
+		hash = skc_hash(prefix);
+		if (skc_get(prefix, hash, &found))
+			return key_facts_of_shared(&found);
+	}
+
 	r = vrels_open(false, rels);
 	cacheable = verify_cache_keys > 0 && key_cache_sound(rels[0]);
+	if (shared)
+	{
+		/* before the snapshot: see the shared cache's header */
+		epoch = skc_epoch(r.keys);
+		pg_memory_barrier();
+	}
+	snapshot = RegisterSnapshot(GetLatestSnapshot());
 	slot = table_slot_create(rels[0], NULL);
 	if (probe_unique(rels[0], rels[1], F_TEXTEQ, C_COLLATION_OID,
 					 PointerGetDatum(cstring_to_text_with_len(prefix, FLWL_PREFIX_LEN)),
@@ -771,7 +1240,11 @@ key_facts(const char *prefix)
 	relation_close(rels[0], AccessShareLock);
 	UnregisterSnapshot(snapshot);
 
-	if (facts == NULL || !cacheable || generation != key_cache_generation)
+	if (facts == NULL || !cacheable)
+		return facts;
+	if (shared)
+		skc_put(facts, hash, r.keys, epoch);
+	if (generation != key_cache_generation)
 		return facts;
 	return key_cache_put(facts);
 }
@@ -786,6 +1259,13 @@ void
 flwl_verify_key_changed(Relation rel)
 {
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(rel));
+	if (skc != NULL)
+	{
+		/* two keys tables in one transaction: bump them all */
+		if (OidIsValid(skc_keys_changed) && skc_keys_changed != RelationGetRelid(rel))
+			skc_ddl = true;
+		skc_keys_changed = RelationGetRelid(rel);
+	}
 }
 
 /*

@@ -119,7 +119,8 @@ SELECT regress_verify_thrice(:'t4', NULL) AS after_replica_write;
 --
 -- Not used when a trigger it relies on is not enabled ALWAYS, nor when
 -- flowella.verify_cache_keys is 0 (a superuser's setting); a cache smaller
--- than the keys in use still answers right.
+-- than the keys in use still answers right, and a key it dropped is still
+-- in the shared cache (no scan for t5 the third time).
 --
 SET ROLE regress_manager;
 BEGIN;
@@ -146,6 +147,27 @@ RESET flowella.verify_cache_keys;
 SET ROLE regress_verifier;
 SET flowella.verify_cache_keys = 0;
 RESET ROLE;
+
+--
+-- The shared key cache (the library is preloaded): a new session finds
+-- there the keys earlier sessions read.  A transaction that has written
+-- (it has an XID) neither reads nor fills it.  A change committed by a
+-- session that then ends, and so never reads its own invalidation, is in
+-- the next session's answer.
+--
+\c
+SELECT regress_verify_thrice(:'t6', NULL) AS new_session;
+BEGIN;
+SELECT pg_current_xact_id() IS NOT NULL AS has_xid;
+SELECT regress_verify_thrice(:'t5', NULL) AS transaction_with_xid;
+ROLLBACK;
+SET ROLE regress_manager;
+BEGIN;
+SELECT flowella.set_actor(:'owner') \gset
+SELECT flowella.apikey_revoke(:'k6') IS NOT NULL AS revoked;
+COMMIT;
+\c
+SELECT regress_verify_thrice(:'t6', NULL) AS revoked_then_new_session;
 
 DROP FUNCTION regress_verify_thrice(text, text, inet);
 DROP FUNCTION regress_prefix_scans();
