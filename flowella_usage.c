@@ -304,7 +304,7 @@ static Size usage_memsize(void);
 static void usage_shmem_shutdown(int code, Datum arg);
 static void usage_load(void);
 static bool lastuse_put_locked(const UsageKey *key, TimestampTz when);
-static BucketEntry *bucket_add_locked(const BucketKey *key, uint64 n,
+static BucketEntry *bucket_add_locked(const BucketKey *key, uint32 hash, uint64 n,
 									  bool *folded);
 static void wake_launcher(void);
 static void entry_round_failed(UsageEntry *entry);
@@ -742,7 +742,8 @@ usage_load(void)
 		 * number (the primary knows whether it has it); folded, it is the
 		 * same batch with less detail.
 		 */
-		entry = bucket_add_locked(&rec.key, rec.requests, &folded);
+		entry = bucket_add_locked(&rec.key, get_hash_value(bucket_hash, &rec.key),
+								  rec.requests, &folded);
 		if (entry != NULL)
 			entry->inflight += rec.inflight;
 		else
@@ -820,43 +821,49 @@ bucket_is_coarse(const BucketKey *key)
  * buckets may take three quarters of the table; past that the request is
  * folded into the key's coarse bucket (*folded set), which may take the
  * rest; if even that is full, the requests are counted as overflowed and
- * NULL is returned, else the entry that took them.  Caller holds the lock
- * exclusively (or is alone, loading the file).
+ * NULL is returned, else the entry that took them.  hash is the key's
+ * (get_hash_value).  Caller holds the lock exclusively (or is alone,
+ * loading the file).
  */
 static BucketEntry *
-bucket_add_locked(const BucketKey *key, uint64 n, bool *folded)
+bucket_add_locked(const BucketKey *key, uint32 hash, uint64 n, bool *folded)
 {
-	BucketEntry *entry;
+	BucketEntry *entry = NULL;
 	BucketKey	coarse;
 	long		nentries = hash_get_num_entries(bucket_hash);
 	long		detail_limit = usage_max_buckets - usage_max_buckets / 4;
 	bool		found;
 
 	*folded = false;
-	entry = hash_search(bucket_hash, key, HASH_FIND, NULL);
-	if (entry == NULL && !bucket_is_coarse(key) && nentries >= detail_limit)
+	if (!bucket_is_coarse(key) && nentries >= detail_limit)
 	{
-		coarse = *key;
-		coarse.ip_family = 0;
-		coarse.ip_bits = 0;
-		coarse.scope_len = 0;
-		memset(coarse.ip, 0, sizeof(coarse.ip));
-		memset(coarse.scope, 0, sizeof(coarse.scope));
-		key = &coarse;
-		*folded = true;
-		pg_atomic_fetch_add_u64(&usage->folded, n);
-		entry = hash_search(bucket_hash, key, HASH_FIND, NULL);
+		entry = hash_search_with_hash_value(bucket_hash, key, hash, HASH_FIND, NULL);
+		if (entry == NULL)
+		{
+			coarse = *key;
+			coarse.ip_family = 0;
+			coarse.ip_bits = 0;
+			coarse.scope_len = 0;
+			memset(coarse.ip, 0, sizeof(coarse.ip));
+			memset(coarse.scope, 0, sizeof(coarse.scope));
+			key = &coarse;
+			hash = get_hash_value(bucket_hash, key);
+			*folded = true;
+			pg_atomic_fetch_add_u64(&usage->folded, n);
+		}
 	}
-	/* a detailed key that gets here is below detail_limit */
+	/* a detailed key that gets here without an entry is below detail_limit */
 	if (entry == NULL && nentries < usage_max_buckets)
 	{
-		entry = hash_search(bucket_hash, key, HASH_ENTER_NULL, &found);
+		entry = hash_search_with_hash_value(bucket_hash, key, hash, HASH_ENTER_NULL, &found);
 		if (entry != NULL && !found)
 		{
 			pg_atomic_init_u64(&entry->requests, 0);
 			entry->inflight = 0;
 		}
 	}
+	else if (entry == NULL)
+		entry = hash_search_with_hash_value(bucket_hash, key, hash, HASH_FIND, NULL);
 
 	if (entry == NULL)
 	{
@@ -921,6 +928,7 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 				 const inet *client_ip, const text *scope)
 {
 	BucketKey	key;
+	uint32		hash;
 	UsageKey	ukey;
 	BucketEntry *bucket;
 	UsageEntry *entry = NULL;
@@ -966,9 +974,10 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 		}
 	}
 	flwl_db_key_set(&ukey, key_id);
+	hash = get_hash_value(bucket_hash, &key);	/* once, for up to three lookups */
 
 	LWLockAcquire(usage->lock, LW_SHARED);
-	bucket = hash_search(bucket_hash, &key, HASH_FIND, NULL);
+	bucket = hash_search_with_hash_value(bucket_hash, &key, hash, HASH_FIND, NULL);
 	if (bucket != NULL)
 		pg_atomic_fetch_add_u64(&bucket->requests, 1);
 	if (valid)
@@ -999,7 +1008,7 @@ flwl_usage_count(const pg_uuid_t *key_id, TimestampTz when, FlwlVerifyCode code,
 	{
 		LWLockAcquire(usage->lock, LW_EXCLUSIVE);
 		if (bucket == NULL)
-			overflowed = (bucket_add_locked(&key, 1, &folded) == NULL);
+			overflowed = (bucket_add_locked(&key, hash, 1, &folded) == NULL);
 		if (valid && entry == NULL && !use_settled)
 			(void) lastuse_put_locked(&ukey, when);
 		LWLockRelease(usage->lock);
@@ -2303,7 +2312,8 @@ settle_after_promotion(Oid dbid)
 		{
 			bool		folded;
 
-			(void) bucket_add_locked(&b[i]->key, b[i]->requests, &folded);
+			(void) bucket_add_locked(&b[i]->key, get_hash_value(bucket_hash, &b[i]->key),
+									 b[i]->requests, &folded);
 		}
 	}
 	forward_release_locked(dbid);
