@@ -1185,9 +1185,10 @@ key_facts_of_shared(const SharedKeyEntry *e)
 /*
  * What verify needs of the key whose prefix (the token's public part,
  * FLWL_PREFIX_LEN bytes) is given, or NULL when no key has it: from the
- * key cache, else read through the unique prefix index with the latest
- * snapshot, and cached when that is sound and no invalidation arrived
- * while reading.  The caller holds a pin on the caches.
+ * backend's key cache, else from the shared one, else read through the
+ * unique prefix index with the latest snapshot and cached (in both) when
+ * that is sound and no invalidation arrived while reading.  The caller
+ * holds a pin on the caches.
  */
 static const KeyFacts *
 key_facts(const char *prefix)
@@ -1199,8 +1200,7 @@ key_facts(const char *prefix)
 	TupleTableSlot *slot;
 	KeyFacts   *facts = NULL;
 	bool		cacheable;
-
-	bool		shared = skc_usable();
+	bool		shared;
 	uint32		hash = 0;
 	uint64		epoch = 0;
 
@@ -1212,6 +1212,7 @@ key_facts(const char *prefix)
 		if (entry != NULL)
 			return entry;
 	}
+	shared = skc_usable();
 	if (shared)
 	{
 		SharedKeyEntry found;
