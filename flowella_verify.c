@@ -406,13 +406,23 @@ flwl_verify_init(void)
 
 /*---- Shared key cache ----*/
 
+/* The sets the setting asks for, and the bytes of their entries. */
+static int
+skc_nsets(void)
+{
+	return Max(verify_shared_cache_keys / SKC_WAYS, 1);
+}
+
+static Size
+skc_entries_size(int nsets)
+{
+	return mul_size(mul_size(nsets, SKC_WAYS), sizeof(SharedKeyEntry));
+}
+
 static Size
 skc_memsize(void)
 {
-	Size		nsets = Max(verify_shared_cache_keys / SKC_WAYS, 1);
-
-	return add_size(offsetof(SharedKeyCache, entries),
-					mul_size(mul_size(nsets, SKC_WAYS), sizeof(SharedKeyEntry)));
+	return add_size(offsetof(SharedKeyCache, entries), skc_entries_size(skc_nsets()));
 }
 
 /* The shmem_request_hook part of the shared key cache (flowella_apikey.c). */
@@ -437,15 +447,14 @@ flwl_verify_shmem_startup(void)
 	skc = ShmemInitStruct("flowella_apikey key cache", skc_memsize(), &found);
 	if (!found)
 	{
-		skc->nsets = Max(verify_shared_cache_keys / SKC_WAYS, 1);
+		skc->nsets = skc_nsets();
 		skc->locks = GetNamedLWLockTranche("flowella_apikey key cache");
 		for (int i = 0; i < SKC_EPOCH_SLOTS; i++)
 			pg_atomic_init_u64(&skc->epochs[i], 1);
 		SpinLockInit(&skc->mutex);
 		skc->broken = false;
 		skc->nprepared = 0;
-		memset(skc->entries, 0,
-			   mul_size(mul_size(skc->nsets, SKC_WAYS), sizeof(SharedKeyEntry)));
+		memset(skc->entries, 0, skc_entries_size(skc->nsets));
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -568,6 +577,31 @@ skc_invalidate(Oid relid)
 			pg_atomic_fetch_add_u64(&skc->epochs[i], 1);
 }
 
+/* The SKC_WAYS entries of the set of hash, and the lock they are under. */
+static SharedKeyEntry *
+skc_set(uint32 hash, LWLock **lock)
+{
+	int			set = hash % skc->nsets;
+
+	*lock = &skc->locks[set % SKC_PARTITIONS].lock;
+	return &skc->entries[set * SKC_WAYS];
+}
+
+/* Whether e holds the key of prefix in this database, stale or not. */
+static inline bool
+skc_entry_holds(const SharedKeyEntry *e, const char *prefix)
+{
+	return e->epoch != 0 && e->dbid == MyDatabaseId &&
+		memcmp(e->facts.prefix, prefix, FLWL_PREFIX_LEN) == 0;
+}
+
+/* Whether e holds a key stored under its table's current epoch. */
+static inline bool
+skc_entry_current(const SharedKeyEntry *e)
+{
+	return e->epoch != 0 && e->epoch == skc_epoch(e->keys_relid);
+}
+
 /*
  * Copy the current entry of prefix in this database into out; false when
  * there is none.  Only its used part is copied.
@@ -575,19 +609,18 @@ skc_invalidate(Oid relid)
 static bool
 skc_get(const char *prefix, uint32 hash, SharedKeyEntry *out)
 {
-	int			set = hash % skc->nsets;
-	LWLock	   *lock = &skc->locks[set % SKC_PARTITIONS].lock;
+	LWLock	   *lock;
+	SharedKeyEntry *set = skc_set(hash, &lock);
 	bool		found = false;
 
 	LWLockAcquire(lock, LW_SHARED);
 	for (int w = 0; w < SKC_WAYS; w++)
 	{
-		SharedKeyEntry *e = &skc->entries[set * SKC_WAYS + w];
+		SharedKeyEntry *e = &set[w];
 
-		if (e->epoch == 0 || e->dbid != MyDatabaseId ||
-			memcmp(e->facts.prefix, prefix, FLWL_PREFIX_LEN) != 0)
+		if (!skc_entry_holds(e, prefix))
 			continue;
-		if (e->epoch == skc_epoch(e->keys_relid))
+		if (skc_entry_current(e))
 		{
 			memcpy(out, e, offsetof(SharedKeyEntry, data) +
 				   MAXALIGN(e->scopes_size) + e->ips_size);
@@ -609,8 +642,8 @@ skc_get(const char *prefix, uint32 hash, SharedKeyEntry *out)
 static void
 skc_put(const KeyFacts *facts, uint32 hash, Oid keys_relid, uint64 epoch)
 {
-	int			set = hash % skc->nsets;
-	LWLock	   *lock = &skc->locks[set % SKC_PARTITIONS].lock;
+	LWLock	   *lock;
+	SharedKeyEntry *set = skc_set(hash, &lock);
 	Size		scopes_size = facts->scopes_null ? 0 : VARSIZE(DatumGetPointer(facts->scopes));
 	Size		ips_size = facts->ips_null ? 0 : VARSIZE(DatumGetPointer(facts->allowed_ips));
 	SharedKeyEntry *victim = NULL;
@@ -623,22 +656,20 @@ skc_put(const KeyFacts *facts, uint32 hash, Oid keys_relid, uint64 epoch)
 	{
 		for (int w = 0; w < SKC_WAYS; w++)
 		{
-			SharedKeyEntry *e = &skc->entries[set * SKC_WAYS + w];
+			SharedKeyEntry *e = &set[w];
 
-			if (e->epoch != 0 && e->dbid == MyDatabaseId &&
-				memcmp(e->facts.prefix, facts->prefix, FLWL_PREFIX_LEN) == 0)
+			if (skc_entry_holds(e, facts->prefix))
 			{
 				victim = e;
 				break;
 			}
-			if (victim == NULL &&
-				(e->epoch == 0 || e->epoch != skc_epoch(e->keys_relid)))
+			if (victim == NULL && !skc_entry_current(e))
 				victim = e;
 		}
 		if (victim == NULL)
 		{
 			skc_next_victim = (skc_next_victim + 1) % SKC_WAYS;
-			victim = &skc->entries[set * SKC_WAYS + skc_next_victim];
+			victim = &set[skc_next_victim];
 		}
 		victim->epoch = epoch;
 		victim->dbid = MyDatabaseId;
