@@ -15,6 +15,7 @@
 # scripts/valgrind.sh makes one) with another build installed compares
 # builds.  Nothing is built or installed here.  FLUSH_PORT (default 5449).
 set -euo pipefail
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/ratios.sh"
 pg_config="${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}"
 bin=$("$pg_config" --bindir)
 port="${FLUSH_PORT:-5449}"
@@ -81,14 +82,7 @@ for r in $(seq 1 "$rounds"); do
         echo "round $r: a flush ran during the verifies; skipped"
         continue
     fi
-    start=$(date +%s.%N)
-    psql_ -c "ALTER SYSTEM SET flowella.usage_flush_interval = 1" -c "SELECT pg_reload_conf()" >/dev/null
-    for _ in $(seq 1 12000); do
-        [ "$(psql_ -At -c 'SELECT requests_pending = 0 FROM flowella.usage_stats()')" = t ] && break
-        sleep 0.02
-    done
-    end=$(date +%s.%N)
-    secs=$(echo "$end - $start" | bc -l)
+    secs=$(flush_timed psql_)
     new_rows=$(( $(psql_ -At -c "SELECT count(*) FROM $table") - rows ))
     printf "round %d: %d requests flushed in %.2f s: %.0f requests/s, %d rows of %s (%.0f rows/s)\n" \
         "$r" "$pending" "$secs" "$(echo "$pending / $secs" | bc -l)" "$new_rows" "$table" \

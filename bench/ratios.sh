@@ -15,6 +15,22 @@ bench_in_cluster() {   # script pg_virtualenv-options...
     exec pg_virtualenv -t "${venv_opts[@]}" "$@" bash "$script"
 }
 
+# Time a flush of the usage counts pending now: a flush round every second
+# until none is pending, asked through the psql command given (with its
+# connection options; its database has the extension); prints the seconds
+# that took.  The interval is left at 1 s: the caller sets it back.
+flush_timed() {   # psql-command...
+    local start end
+    start=$(date +%s.%N)
+    "$@" -c "ALTER SYSTEM SET flowella.usage_flush_interval = 1" -c "SELECT pg_reload_conf()" >/dev/null
+    for _ in $(seq 1 12000); do
+        [ "$("$@" -At -c 'SELECT requests_pending = 0 FROM flowella.usage_stats()')" = t ] && break
+        sleep 0.02
+    done
+    end=$(date +%s.%N)
+    echo "$end - $start" | bc -l
+}
+
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 median() { printf "%s\n" "$@" | sort -g | awk '{ v[NR] = $1 }
     END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

@@ -38,19 +38,14 @@ owner=11111111-1111-4111-8111-111111111111
 work=$(mktemp -d)
 psql_q() { psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 calls=0
-# Write what is pending now: a flush round every second until nothing is,
-# then back to one a minute; prints the seconds that took.
+# Write what is pending now, then back to one round a minute; prints the
+# seconds the writing took.
+psql_pol() { psql_q -d pol "$@"; }
 flush_now() {
-    local start end
-    start=$(date +%s.%N)
-    psql_q -c "ALTER SYSTEM SET flowella.usage_flush_interval = 1" -c "SELECT pg_reload_conf()" >/dev/null
-    for _ in $(seq 1 6000); do
-        [ "$(psql -XAt -d pol -c 'SELECT requests_pending = 0 FROM flowella.usage_stats()')" = t ] && break
-        sleep 0.1
-    done
-    end=$(date +%s.%N)
+    local took
+    took=$(flush_timed psql_pol)
     psql_q -c "ALTER SYSTEM SET flowella.usage_flush_interval = 60" -c "SELECT pg_reload_conf()" >/dev/null
-    echo "$end - $start" | bc -l
+    echo "$took"
 }
 run() {   # script [PGOPTIONS] -> prints TPS, the transactions made and the flush's seconds
     local out tps n
