@@ -190,7 +190,26 @@ typedef struct KeyFacts
 	Datum		allowed_ips;	/* cidr[], detoasted */
 	bool		has_limit;
 	int32		rate_limit;
+	bool		in_cache;		/* this is a KeyCacheEntry's */
 } KeyFacts;
+
+/*
+ * An entry of the backend's key cache: the key's facts, then its effective
+ * scopes (its own that its plan offers, or its plan's), kept while the plan
+ * cache's generation is eff_generation: a verify of a key seen before
+ * neither looks its plan up nor builds the set again.  Own scopes make a
+ * new array, in eff_memory (in the key cache's context, freed when
+ * replaced); a key without them shares its plan's set, which lives as long
+ * as that generation of the plan cache.
+ */
+typedef struct KeyCacheEntry
+{
+	KeyFacts	facts;			/* first: its prefix is the hash key */
+	bool		has_effective;
+	uint64		eff_generation;
+	FlwlScopeSet effective;
+	void	   *eff_memory;
+} KeyCacheEntry;
 
 static int	verify_cache_keys = 10000;
 static MemoryContext key_cache_cxt = NULL;
@@ -347,6 +366,7 @@ static bool key_cache_sound(Relation keys);
 static KeyFacts *key_facts_of_row(TupleTableSlot *slot, const VerifyRels *r,
 								  const char *prefix);
 static const KeyFacts *key_cache_put(const KeyFacts *facts);
+static FlwlScopeSet key_effective_scopes(const KeyFacts *facts, Datum org_id);
 static Size skc_memsize(void);
 static bool skc_usable(void);
 static uint32 skc_hash(const char *prefix);
@@ -1168,20 +1188,78 @@ key_facts_of_row(TupleTableSlot *slot, const VerifyRels *r, const char *prefix)
 static const KeyFacts *
 key_cache_put(const KeyFacts *facts)
 {
-	KeyFacts   *entry;
+	KeyCacheEntry *entry;
 	MemoryContext oldcxt;
 
 	entry = cache_enter(&key_cache_cxt, &key_cache, &key_cache_generation,
 						verify_cache_keys, "key cache", FLWL_PREFIX_LEN,
-						sizeof(KeyFacts), facts->prefix);
+						sizeof(KeyCacheEntry), facts->prefix);
 	oldcxt = MemoryContextSwitchTo(key_cache_cxt);
-	*entry = *facts;
+	entry->facts = *facts;
+	entry->facts.in_cache = true;
 	if (!facts->scopes_null)
-		entry->scopes = datumCopy(facts->scopes, false, -1);
+		entry->facts.scopes = datumCopy(facts->scopes, false, -1);
 	if (!facts->ips_null)
-		entry->allowed_ips = datumCopy(facts->allowed_ips, false, -1);
+		entry->facts.allowed_ips = datumCopy(facts->allowed_ips, false, -1);
+	entry->has_effective = false;
+	entry->eff_memory = NULL;
 	MemoryContextSwitchTo(oldcxt);
-	return entry;
+	return &entry->facts;
+}
+
+/*
+ * The scopes the key of facts (of org org_id) may use now, from its key
+ * cache entry while its plan's have not changed, else worked out from the
+ * plan cache (and kept in the entry, if no cache was reset meanwhile:
+ * looking the plan up may accept invalidations).  The set may point into
+ * either cache, which the caller keeps pinned.
+ */
+static FlwlScopeSet
+key_effective_scopes(const KeyFacts *facts, Datum org_id)
+{
+	KeyCacheEntry *entry = NULL;
+	uint64		key_generation = key_cache_generation;
+	uint64		plan_generation = plan_cache_generation;
+	FlwlScopeSet effective;
+	MemoryContext oldcxt;
+	Size		array_size;
+	char	   *memory;
+
+	if (facts->in_cache)
+	{
+		entry = (KeyCacheEntry *) unconstify(KeyFacts *, facts);
+		if (entry->has_effective && entry->eff_generation == plan_generation)
+			return entry->effective;
+	}
+
+	effective = flwl_effective_scopes(facts->scopes, facts->scopes_null,
+									  plan_scopes_of_org(org_id));
+	if (entry == NULL || key_generation != key_cache_generation ||
+		plan_generation != plan_cache_generation)
+		return effective;
+
+	if (entry->eff_memory != NULL)
+		pfree(entry->eff_memory);
+	entry->eff_memory = NULL;
+	if (!facts->scopes_null)
+	{
+		/* one chunk: the new array, then its sorted elements */
+		array_size = MAXALIGN(VARSIZE(DatumGetPointer(effective.array)));
+		oldcxt = MemoryContextSwitchTo(key_cache_cxt);
+		memory = palloc(array_size + Max(effective.n, 1) * sizeof(Datum));
+		MemoryContextSwitchTo(oldcxt);
+		memcpy(memory, DatumGetPointer(effective.array),
+			   VARSIZE(DatumGetPointer(effective.array)));
+		/* the elements point into the key's scopes, which the entry holds */
+		memcpy(memory + array_size, effective.elems, effective.n * sizeof(Datum));
+		effective.array = PointerGetDatum(memory);
+		effective.elems = (Datum *) (memory + array_size);
+		entry->eff_memory = memory;
+	}
+	entry->effective = effective;
+	entry->eff_generation = plan_generation;
+	entry->has_effective = true;
+	return effective;
 }
 
 /*
@@ -1208,6 +1286,7 @@ key_facts_of_shared(const SharedKeyEntry *e)
 		facts.scopes = PointerGetDatum(data);
 	if (e->ips_size > 0)
 		facts.allowed_ips = PointerGetDatum(data + MAXALIGN(e->scopes_size));
+	facts.in_cache = false;
 	if (keep)
 		return key_cache_put(&facts);
 	return memcpy(palloc(sizeof(KeyFacts)), &facts, sizeof(KeyFacts));
@@ -1521,10 +1600,8 @@ verify_body(FunctionCallInfo fcinfo)
 
 		if (code == FLWL_VC_VALID)
 		{
-			FlwlScopeSet effective;
+			FlwlScopeSet effective = key_effective_scopes(facts, org_id);
 
-			effective = flwl_effective_scopes(facts->scopes, facts->scopes_null,
-											  plan_scopes_of_org(org_id));
 			scopes = effective.array;
 			scopes_null = false;
 
