@@ -15,16 +15,19 @@ bench_in_cluster() {   # script pg_virtualenv-options...
     exec pg_virtualenv -t "${venv_opts[@]}" "$@" bash "$script"
 }
 
-# Time a flush of the usage counts pending now: a flush round every second
-# until none is pending, asked through the psql command given (with its
-# connection options; its database has the extension); prints the seconds
-# that took.  The interval is left at 1 s: the caller sets it back.
+# Time a flush of the usage counts and last uses pending now: a flush round
+# every second until neither is pending, asked through the psql command
+# given (with its connection options; its database has the extension);
+# prints the seconds that took.  The last uses count too: a round writes
+# them after the buckets, and a round still updating api_keys would run
+# into the next measurement.  The interval is left at 1 s: the caller sets
+# it back.
 flush_timed() {   # psql-command...
     local start end
     start=$(date +%s.%N)
     "$@" -c "ALTER SYSTEM SET flowella.usage_flush_interval = 1" -c "SELECT pg_reload_conf()" >/dev/null
     for _ in $(seq 1 12000); do
-        [ "$("$@" -At -c 'SELECT requests_pending = 0 FROM flowella.usage_stats()')" = t ] && break
+        [ "$("$@" -At -c 'SELECT requests_pending = 0 AND pending = 0 FROM flowella.usage_stats()')" = t ] && break
         sleep 0.02
     done
     end=$(date +%s.%N)
