@@ -189,14 +189,15 @@ typedef struct KeyFacts
 	bool		ips_null;		/* also before 1.3 */
 	Datum		allowed_ips;	/* cidr[], detoasted */
 	bool		has_limit;
-	int32		rate_limit;
 	bool		in_cache;		/* this is a KeyCacheEntry's */
+	int32		rate_limit;
 } KeyFacts;
 
 /*
  * An entry of the backend's key cache: the key's facts, then its effective
  * scopes (its own that its plan offers, or its plan's), kept while the plan
- * cache's generation is eff_generation: a verify of a key seen before
+ * cache's generation is eff_generation (EFF_NONE: not worked out yet): a
+ * verify of a key seen before
  * neither looks its plan up nor builds the set again.  Own scopes make a
  * new array, in eff_memory (in the key cache's context, freed when
  * replaced); a key without them shares its plan's set, which lives as long
@@ -205,11 +206,12 @@ typedef struct KeyFacts
 typedef struct KeyCacheEntry
 {
 	KeyFacts	facts;			/* first: its prefix is the hash key */
-	bool		has_effective;
 	uint64		eff_generation;
 	FlwlScopeSet effective;
 	void	   *eff_memory;
 } KeyCacheEntry;
+
+#define EFF_NONE	PG_UINT64_MAX	/* a generation the plan cache never reaches */
 
 static int	verify_cache_keys = 10000;
 static MemoryContext key_cache_cxt = NULL;
@@ -1201,7 +1203,7 @@ key_cache_put(const KeyFacts *facts)
 		entry->facts.scopes = datumCopy(facts->scopes, false, -1);
 	if (!facts->ips_null)
 		entry->facts.allowed_ips = datumCopy(facts->allowed_ips, false, -1);
-	entry->has_effective = false;
+	entry->eff_generation = EFF_NONE;
 	entry->eff_memory = NULL;
 	MemoryContextSwitchTo(oldcxt);
 	return &entry->facts;
@@ -1221,14 +1223,13 @@ key_effective_scopes(const KeyFacts *facts, Datum org_id)
 	uint64		key_generation = key_cache_generation;
 	uint64		plan_generation = plan_cache_generation;
 	FlwlScopeSet effective;
-	MemoryContext oldcxt;
 	Size		array_size;
 	char	   *memory;
 
 	if (facts->in_cache)
 	{
 		entry = (KeyCacheEntry *) unconstify(KeyFacts *, facts);
-		if (entry->has_effective && entry->eff_generation == plan_generation)
+		if (entry->eff_generation == plan_generation)
 			return entry->effective;
 	}
 
@@ -1245,9 +1246,8 @@ key_effective_scopes(const KeyFacts *facts, Datum org_id)
 	{
 		/* one chunk: the new array, then its sorted elements */
 		array_size = MAXALIGN(VARSIZE(DatumGetPointer(effective.array)));
-		oldcxt = MemoryContextSwitchTo(key_cache_cxt);
-		memory = palloc(array_size + Max(effective.n, 1) * sizeof(Datum));
-		MemoryContextSwitchTo(oldcxt);
+		memory = MemoryContextAlloc(key_cache_cxt,
+									array_size + Max(effective.n, 1) * sizeof(Datum));
 		memcpy(memory, DatumGetPointer(effective.array),
 			   VARSIZE(DatumGetPointer(effective.array)));
 		/* the elements point into the key's scopes, which the entry holds */
@@ -1258,7 +1258,6 @@ key_effective_scopes(const KeyFacts *facts, Datum org_id)
 	}
 	entry->effective = effective;
 	entry->eff_generation = plan_generation;
-	entry->has_effective = true;
 	return effective;
 }
 
