@@ -3,9 +3,9 @@
 # each verified 10 times from 10 client IPs (200 000 requests, 200 000
 # buckets, every request another bucket, as under issue 11's load (b)),
 # nothing flushed meanwhile; then the flush is asked for and timed until
-# no request is pending.  Repeated FLUSH_ROUNDS times (new client IPs each
-# time).  Prints requests (= buckets) written per second and the rows the
-# usage table gained.
+# no request and no last use is pending.  Repeated FLUSH_ROUNDS times (new
+# client IPs each time).  Prints requests (= buckets) written per second
+# and the rows the usage table gained.
 #
 #   bash bench/flush.sh                                # the build in the tree
 #   PG_CONFIG=/copy/usr/lib/postgresql/15/bin/pg_config bash bench/flush.sh
