@@ -196,12 +196,11 @@ typedef struct KeyFacts
 /*
  * An entry of the backend's key cache: the key's facts, then its effective
  * scopes (its own that its plan offers, or its plan's), kept while the plan
- * cache's generation is eff_generation (EFF_NONE: not worked out yet): a
- * verify of a key seen before
- * neither looks its plan up nor builds the set again.  Own scopes make a
- * new array, in eff_memory (in the key cache's context, freed when
- * replaced); a key without them shares its plan's set, which lives as long
- * as that generation of the plan cache.
+ * cache's generation is eff_generation (EFF_NONE: not worked out yet), so
+ * that a verify of a key seen before neither looks its plan up nor builds
+ * the set again.  Own scopes make a new array, in eff_memory (in the key
+ * cache's context, freed when replaced); a key without them shares its
+ * plan's set, which lives as long as that generation of the plan cache.
  */
 typedef struct KeyCacheEntry
 {
@@ -698,6 +697,7 @@ skc_put(const KeyFacts *facts, uint32 hash, Oid keys_relid, uint64 epoch)
 		victim->keys_relid = keys_relid;
 		victim->facts = *facts;
 		victim->facts.scopes = victim->facts.allowed_ips = (Datum) 0;
+		victim->facts.in_cache = false;
 		victim->scopes_size = (uint16) scopes_size;
 		victim->ips_size = (uint16) ips_size;
 		if (scopes_size > 0)
@@ -1285,7 +1285,6 @@ key_facts_of_shared(const SharedKeyEntry *e)
 		facts.scopes = PointerGetDatum(data);
 	if (e->ips_size > 0)
 		facts.allowed_ips = PointerGetDatum(data + MAXALIGN(e->scopes_size));
-	facts.in_cache = false;
 	if (keep)
 		return key_cache_put(&facts);
 	return memcpy(palloc(sizeof(KeyFacts)), &facts, sizeof(KeyFacts));
